@@ -1,0 +1,111 @@
+//! The HTTP error boundary: every failure becomes a status and a JSON body
+//! `{"error": {"code": "...", "message": "..."}}` naming the problem.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::log::{AppendError, InvalidAppend, StorageError};
+
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    /// For a revision conflict: the stream's current revision (`null` when it has no events).
+    current_revision: Option<Option<u64>>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            current_revision: None,
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    /// Says which part of the request the error is about.
+    pub fn context(mut self, context: String) -> Self {
+        self.message = format!("{context}: {}", self.message);
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut error = json!({ "code": self.code, "message": self.message });
+        if let Some(current) = self.current_revision {
+            error["current_revision"] = json!(current);
+        }
+        (self.status, axum::Json(json!({ "error": error }))).into_response()
+    }
+}
+
+impl From<AppendError> for ApiError {
+    fn from(e: AppendError) -> Self {
+        let message = e.to_string();
+        match e {
+            AppendError::Invalid(invalid) => invalid.into(),
+            AppendError::WrongExpectedRevision { current, .. } => Self {
+                current_revision: Some(current),
+                ..Self::new(StatusCode::CONFLICT, "wrong_expected_revision", message)
+            },
+            AppendError::IdConflict { .. } => {
+                Self::new(StatusCode::CONFLICT, "event_id_conflict", message)
+            }
+            AppendError::Storage(e) => e.into(),
+            AppendError::Closed => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message)
+            }
+        }
+    }
+}
+
+impl From<InvalidAppend> for ApiError {
+    fn from(e: InvalidAppend) -> Self {
+        let message = e.to_string();
+        match e {
+            InvalidAppend::StreamName(_) => Self::bad_request("invalid_stream_name", message),
+            InvalidAppend::EventType(_) => Self::bad_request("invalid_event_type", message),
+            InvalidAppend::Empty => Self::bad_request("empty_append", message),
+            InvalidAppend::RepeatedId(_) => Self::bad_request("repeated_event_id", message),
+            InvalidAppend::TooManyEvents { .. } | InvalidAppend::EventTooLarge { .. } => {
+                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
+            }
+        }
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        tracing::error!(error = %e, "storage failure");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", e.to_string())
+    }
+}
+
+impl From<tokio::task::JoinError> for ApiError {
+    fn from(e: tokio::task::JoinError) -> Self {
+        tracing::error!(error = %e, "a blocking task failed");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", e.to_string())
+    }
+}
+
+/// Rejections of axum's extractors (query strings, bodies) keep their status but speak JSON.
+pub fn rejection(code: &'static str, r: impl IntoResponse + std::fmt::Display) -> ApiError {
+    let message = r.to_string();
+    let status = r.into_response().status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::new(status, "too_large", message);
+    }
+    ApiError::new(status, code, message)
+}

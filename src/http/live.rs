@@ -1,0 +1,144 @@
+//! Live subscriptions as Server-Sent Events: catch up from a starting point, then follow the
+//! head as the writer publishes it. The SSE `id` of every event is its global position, so a
+//! client that reconnects with `Last-Event-ID` resumes right after the last event it saw: no
+//! event is lost and none is sent twice.
+
+use std::convert::Infallible;
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::error::{ApiError, rejection};
+use super::streams::{parse_source, path_param};
+use super::{AppState, encode};
+use crate::log::{Direction, LogReader, Source};
+
+/// Events read per redb snapshot while catching up.
+const CATCH_UP_CHUNK: usize = 512;
+/// Events buffered for a slow client before the subscription waits for it.
+const BUFFER: usize = 1024;
+
+#[derive(Deserialize)]
+pub struct LiveParams {
+    /// First event to send (inclusive): a revision for a stream, a position otherwise.
+    from: Option<u64>,
+}
+
+/// `GET /streams/{stream}/live?from=`: with neither `from` nor `Last-Event-ID`, only events
+/// appended after the subscription starts.
+pub async fn subscribe(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<LiveParams>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let source = parse_source(&path_param(path)?)?;
+    let Query(params) = query.map_err(|r| rejection("invalid_query", r))?;
+    let last_seen = match headers.get("last-event-id") {
+        None => None,
+        Some(value) => Some(value.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()).ok_or_else(
+            || ApiError::bad_request("invalid_last_event_id", "Last-Event-ID must be an event position"),
+        )?),
+    };
+    let reader = state.log.reader().clone();
+    let head = *state.log.head().borrow();
+    let start = {
+        let (reader, source) = (reader.clone(), source.clone());
+        tokio::task::spawn_blocking(move || start_at(&reader, &source, last_seen, params.from, head))
+            .await??
+    };
+
+    let keep_alive = KeepAlive::new().interval(state.sse_keep_alive);
+    let (tx, rx) = mpsc::channel(BUFFER);
+    tokio::spawn(follow(state, reader, source, start, tx));
+    Ok(Sse::new(ReceiverStream::new(rx)).keep_alive(keep_alive).into_response())
+}
+
+/// The coordinate of the first event to send.
+fn start_at(
+    reader: &LogReader,
+    source: &Source,
+    last_seen: Option<u64>,
+    from: Option<u64>,
+    head: u64,
+) -> Result<u64, ApiError> {
+    match (source, last_seen, from) {
+        (Source::Stream(_), Some(0), _) => Ok(0),
+        (Source::Stream(name), Some(position), _) => match reader.locate(position)? {
+            Some((stream, revision)) if stream == name.as_str() => Ok(revision + 1),
+            _ => Err(ApiError::bad_request(
+                "invalid_last_event_id",
+                format!("Last-Event-ID {position} is not the position of an event of stream {name:?}"),
+            )),
+        },
+        (_, Some(position), _) => Ok(position + 1),
+        (_, None, Some(from)) => Ok(from),
+        (Source::Stream(_), None, None) => Ok(reader
+            .read(source, None, Direction::Backward, 1, head)?
+            .and_then(|events| events.first().map(|e| e.revision + 1))
+            .unwrap_or(0)),
+        (_, None, None) => Ok(head + 1),
+    }
+}
+
+/// Sends events from `cursor` on until the client leaves or the server shuts down.
+async fn follow(
+    state: AppState,
+    reader: LogReader,
+    source: Source,
+    mut cursor: u64,
+    tx: mpsc::Sender<Result<Event, Infallible>>,
+) {
+    let mut head = state.log.head();
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        // Marking the head seen before reading means a commit during the read still wakes us.
+        let until = *head.borrow_and_update();
+        loop {
+            let read = {
+                let (reader, source) = (reader.clone(), source.clone());
+                tokio::task::spawn_blocking(move || {
+                    reader.read(&source, Some(cursor), Direction::Forward, CATCH_UP_CHUNK, until)
+                })
+                .await
+            };
+            let events = match read {
+                Ok(Ok(events)) => events.unwrap_or_default(),
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "live subscription read failed; closing it");
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "live subscription task failed; closing it");
+                    return;
+                }
+            };
+            let Some(last) = events.last() else { break };
+            cursor = source.coordinate(last) + 1;
+            for e in &events {
+                let mut json = Vec::with_capacity(256);
+                encode::event(&mut json, e);
+                let data = String::from_utf8(json)
+                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+                let event = Event::default().id(e.position.to_string()).data(data);
+                if tx.send(Ok(event)).await.is_err() {
+                    return;
+                }
+            }
+            if events.len() < CATCH_UP_CHUNK {
+                break;
+            }
+        }
+        tokio::select! {
+            changed = head.changed() => if changed.is_err() { return },
+            _ = tx.closed() => return,
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! The HTTP API (axum): appends and reads of raw streams, live subscriptions, health.
+//!
+//! Handlers never block the reactor: appends await the log writer, reads run on tokio's
+//! blocking pool. Every error is JSON (`error::ApiError`), including unknown routes and
+//! methods and the rejections of axum's own extractors.
+
+mod encode;
+mod error;
+mod live;
+mod streams;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio::sync::watch;
+
+pub use error::ApiError;
+pub use streams::NDJSON;
+
+use crate::log::Log;
+
+/// Largest request body. An append of `MAX_EVENTS_PER_APPEND` small events fits; a larger
+/// body is refused with 413 before it is buffered.
+pub const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub log: Log,
+    /// Turns true when the server shuts down, which ends live subscriptions.
+    pub shutdown: watch::Receiver<bool>,
+    /// How often an idle live subscription sends an SSE comment, so proxies keep it open.
+    pub sse_keep_alive: Duration,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/streams/{stream}", get(streams::read).post(streams::append))
+        .route("/streams/{stream}/live", get(live::subscribe))
+        .fallback(|| async { ApiError::not_found("not_found", "no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method",
+            )
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// `GET /health`: the process is up; reports the log's head position.
+async fn health(State(state): State<AppState>) -> impl IntoResponse {
+    let head = *state.log.head().borrow();
+    axum::Json(serde_json::json!({ "status": "ok", "head": head }))
+}

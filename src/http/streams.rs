@@ -1,0 +1,295 @@
+//! Appending to streams and reading streams, categories and `$all` as JSON pages or NDJSON.
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use uuid::Uuid;
+
+use super::error::{ApiError, rejection};
+use super::{AppState, encode};
+use crate::log::{
+    AppendOutcome, AppendRequest, Direction, ExpectedRevision, JsonPayload, NewEvent,
+    RecordedEvent, Source, StreamName,
+};
+
+/// Events in a JSON page when the client names no limit.
+const DEFAULT_PAGE: usize = 100;
+/// Most events in one JSON page (NDJSON has no limit: it streams).
+pub const MAX_PAGE: usize = 10_000;
+/// Events read per redb snapshot while streaming NDJSON.
+const NDJSON_CHUNK: usize = 1024;
+/// What may be percent-encoded in a stream name inside a `next` link: all but unreserved.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~').remove(b'$');
+
+pub const NDJSON: &str = "application/x-ndjson";
+
+/// `$all`, `$ce-<category>`, or a user stream.
+pub fn parse_source(name: &str) -> Result<Source, ApiError> {
+    if name == "$all" {
+        return Ok(Source::All);
+    }
+    if let Some(category) = name.strip_prefix("$ce-") {
+        if category.is_empty() || category.contains('-') {
+            return Err(ApiError::bad_request(
+                "invalid_stream_name",
+                format!("{name:?} does not name a category: use $ce-<category>, the part of a stream name before its first '-'"),
+            ));
+        }
+        return Ok(Source::Category(category.to_owned()));
+    }
+    if name.starts_with('$') {
+        return Err(ApiError::bad_request(
+            "invalid_stream_name",
+            format!("unknown system stream {name:?}: the system streams are $all and $ce-<category>"),
+        ));
+    }
+    Ok(Source::Stream(StreamName::new(name)?))
+}
+
+pub fn path_param(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    path.map(|Path(p)| p).map_err(|r| rejection("invalid_path", r))
+}
+
+#[derive(Deserialize)]
+pub struct AppendParams {
+    expected_revision: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventBody<'a> {
+    #[serde(rename = "type")]
+    event_type: String,
+    #[serde(borrow)]
+    data: &'a RawValue,
+    #[serde(borrow, default)]
+    metadata: Option<&'a RawValue>,
+    #[serde(default)]
+    id: Option<Uuid>,
+}
+
+/// `POST /streams/{stream}`: a JSON array of `{type, data, metadata?, id?}`.
+/// 201 when written, 200 when the same batch had been appended before (a retry).
+pub async fn append(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<AppendParams>, QueryRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let stream = StreamName::new(path_param(path)?)?;
+    let Query(params) = query.map_err(|r| rejection("invalid_query", r))?;
+    let expected = match params.expected_revision.as_deref() {
+        None => ExpectedRevision::Any,
+        Some(text) => text
+            .parse()
+            .map_err(|m: String| ApiError::bad_request("invalid_expected_revision", m))?,
+    };
+    if !is_json(&headers) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "appends take a JSON array of events with Content-Type: application/json",
+        ));
+    }
+    let body = body.map_err(|r| rejection("invalid_body", r))?;
+    let body = std::str::from_utf8(&body)
+        .map_err(|e| ApiError::bad_request("malformed_json", format!("the body is not UTF-8: {e}")))?;
+    let parsed: Vec<EventBody> = serde_json::from_str(body).map_err(|e| {
+        ApiError::bad_request(
+            "malformed_json",
+            format!("the body must be a JSON array of {{type, data, metadata?, id?}}: {e}"),
+        )
+    })?;
+    let events = parsed
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| {
+            NewEvent::new(
+                e.id,
+                e.event_type,
+                JsonPayload::from_raw(e.data),
+                e.metadata.map(JsonPayload::from_raw),
+            )
+            .map_err(|err| ApiError::from(err).context(format!("event {i}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let count = events.len() as u64;
+    let request = AppendRequest::new(stream.clone(), expected, events)?;
+    let outcome = state.log.append(request).await?;
+    let status = if outcome.deduplicated {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, axum::Json(append_response(&stream, count, &outcome))).into_response())
+}
+
+fn append_response(stream: &StreamName, count: u64, o: &AppendOutcome) -> serde_json::Value {
+    let events: Vec<_> = o
+        .ids
+        .iter()
+        .zip(0..)
+        .map(|(id, i)| {
+            serde_json::json!({
+                "id": id, "position": o.first_position + i, "revision": o.first_revision + i,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "stream": stream.as_str(),
+        "first_position": o.first_position,
+        "last_position": o.first_position + count - 1,
+        "first_revision": o.first_revision,
+        "last_revision": o.first_revision + count - 1,
+        "deduplicated": o.deduplicated,
+        "events": events,
+    })
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
+}
+
+fn wants_ndjson(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|mime| mime.split(';').next().unwrap_or("").trim() == NDJSON)
+}
+
+#[derive(Deserialize)]
+pub struct ReadParams {
+    from: Option<u64>,
+    limit: Option<usize>,
+    #[serde(default)]
+    direction: Direction,
+}
+
+/// `GET /streams/{stream}`: a JSON page `{events, next}`, or with `Accept: application/x-ndjson`
+/// every event from `from` up to the head as the request arrived, one per line.
+pub async fn read(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<ReadParams>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let name = path_param(path)?;
+    let source = parse_source(&name)?;
+    let Query(params) = query.map_err(|r| rejection("invalid_query", r))?;
+    if params.limit == Some(0) {
+        return Err(ApiError::bad_request("invalid_query", "limit must be at least 1"));
+    }
+    let until = *state.log.head().borrow();
+    if wants_ndjson(&headers) {
+        return ndjson(state, &name, source, params, until).await;
+    }
+    let limit = params.limit.unwrap_or(DEFAULT_PAGE);
+    if limit > MAX_PAGE {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit {limit} is over {MAX_PAGE}; read with Accept: {NDJSON} to stream more"),
+        ));
+    }
+    let reader = state.log.reader().clone();
+    let direction = params.direction;
+    let (source, events) = tokio::task::spawn_blocking(move || {
+        // One more than the page shows whether a next page exists, and where it starts.
+        let events = reader.read(&source, params.from, direction, limit + 1, until);
+        (source, events)
+    })
+    .await?;
+    let mut events = events?.ok_or_else(|| not_found(&name))?;
+    let next = (events.len() > limit).then(|| {
+        let first_of_next = source.coordinate(&events[limit]);
+        events.truncate(limit);
+        let segment = utf8_percent_encode(&name, SEGMENT);
+        format!(
+            "/streams/{segment}?from={first_of_next}&limit={limit}&direction={}",
+            direction.as_str()
+        )
+    });
+    let mut body = Vec::with_capacity(events.len() * 256 + 64);
+    body.extend_from_slice(b"{\"events\":[");
+    for (i, e) in events.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        encode::event(&mut body, e);
+    }
+    body.extend_from_slice(b"],\"next\":");
+    serde_json::to_writer(&mut body, &next).expect("writing to a Vec cannot fail");
+    body.push(b'}');
+    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response())
+}
+
+fn not_found(name: &str) -> ApiError {
+    ApiError::not_found("stream_not_found", format!("stream {name:?} has no events"))
+}
+
+async fn ndjson(
+    state: AppState,
+    name: &str,
+    source: Source,
+    params: ReadParams,
+    until: u64,
+) -> Result<Response, ApiError> {
+    let reader = state.log.reader().clone();
+    let direction = params.direction;
+    let mut remaining = params.limit.unwrap_or(usize::MAX);
+    let first_chunk = {
+        let (reader, source) = (reader.clone(), source.clone());
+        tokio::task::spawn_blocking(move || {
+            reader.read(&source, params.from, direction, NDJSON_CHUNK.min(remaining), until)
+        })
+        .await??
+    };
+    let Some(first_chunk) = first_chunk else {
+        return Err(not_found(name));
+    };
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    tokio::task::spawn_blocking(move || {
+        let mut chunk = first_chunk;
+        loop {
+            let Some(last) = chunk.last() else { return };
+            let next = source.next_after(last, direction);
+            remaining -= chunk.len();
+            if tx.blocking_send(Ok(lines(&chunk))).is_err() {
+                return; // the client went away
+            }
+            let (Some(from), true) = (next, remaining > 0) else { return };
+            chunk = match reader.read(&source, Some(from), direction, NDJSON_CHUNK.min(remaining), until) {
+                Ok(events) => events.unwrap_or_default(),
+                Err(e) => {
+                    tracing::error!(error = %e, "NDJSON read failed; the response is cut short");
+                    let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+                    return;
+                }
+            };
+        }
+    });
+    let body = Body::from_stream(ReceiverStream::new(rx));
+    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON))], body).into_response())
+}
+
+fn lines(events: &[RecordedEvent]) -> Bytes {
+    let mut out = Vec::with_capacity(events.len() * 256);
+    for e in events {
+        encode::event(&mut out, e);
+        out.push(b'\n');
+    }
+    out.into()
+}

@@ -1,0 +1,88 @@
+//! The log's error boundary: what callers of append and read can get back.
+
+use uuid::Uuid;
+
+use super::types::{ExpectedRevision, MAX_EVENT_BYTES, MAX_EVENTS_PER_APPEND};
+
+/// A request the log refuses before looking at storage.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum InvalidAppend {
+    #[error("{0}")]
+    StreamName(String),
+    #[error("{0}")]
+    EventType(String),
+    #[error("an append needs at least one event")]
+    Empty,
+    #[error("{count} events in one append, the limit is {MAX_EVENTS_PER_APPEND}")]
+    TooManyEvents { count: usize },
+    #[error("an event's data and metadata are {size} bytes, the limit is {MAX_EVENT_BYTES}")]
+    EventTooLarge { size: usize },
+    #[error("event id {0} appears twice in one append")]
+    RepeatedId(Uuid),
+}
+
+/// Why an append was not accepted. Nothing of a failed request is written.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    #[error(transparent)]
+    Invalid(#[from] InvalidAppend),
+    #[error(
+        "stream {stream} expected revision {expected}, but its current revision is {}",
+        current.map_or_else(|| "none (no stream)".to_owned(), |r| r.to_string())
+    )]
+    WrongExpectedRevision {
+        stream: String,
+        expected: ExpectedRevision,
+        /// The revision of the stream's last event; `None` when the stream has no events.
+        current: Option<u64>,
+    },
+    #[error(
+        "event id {id} is already stored at position {position}, and the request is not a retry of that append"
+    )]
+    IdConflict { id: Uuid, position: u64 },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("the log is shut down")]
+    Closed,
+}
+
+/// The storage engine failed, or the file holds something this version cannot read.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("storage: {0}")]
+    Redb(#[from] redb::Error),
+    #[error("corrupt record at position {position}: {reason}")]
+    Corrupt { position: u64, reason: &'static str },
+    /// A failure already reported elsewhere, passed on to every request it affected.
+    #[error("storage: {0}")]
+    Failed(String),
+    #[error("opening {path}: {source}")]
+    Open {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StorageError {
+            fn from(e: $t) -> Self {
+                Self::Redb(e.into())
+            }
+        }
+    )*};
+}
+
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+impl From<redb::StorageError> for AppendError {
+    fn from(e: redb::StorageError) -> Self {
+        Self::Storage(e.into())
+    }
+}

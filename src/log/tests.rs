@@ -1,0 +1,248 @@
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+use uuid::Uuid;
+
+use super::*;
+
+fn event(id: Option<Uuid>, n: u64) -> NewEvent {
+    let data = JsonPayload::parse(&format!("{{\"n\":{n}}}")).unwrap();
+    NewEvent::new(id, "Happened", data, None).unwrap()
+}
+
+fn request(stream: &str, expected: ExpectedRevision, events: Vec<NewEvent>) -> AppendRequest {
+    AppendRequest::new(StreamName::new(stream).unwrap(), expected, events).unwrap()
+}
+
+fn read_all(log: &Log, source: &Source, direction: Direction) -> Vec<RecordedEvent> {
+    log.reader()
+        .read(source, None, direction, usize::MAX, u64::MAX)
+        .unwrap()
+        .unwrap_or_default()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn expected_revisions_are_enforced() {
+    let dir = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        let (log, _writer) = Log::open(dir.path()).unwrap();
+        let append = |expected, n| log.append(request("order-1", expected, vec![event(None, n)]));
+        assert!(matches!(
+            append(ExpectedRevision::Exists, 0).await,
+            Err(AppendError::WrongExpectedRevision { current: None, .. })
+        ));
+        assert_eq!(append(ExpectedRevision::NoStream, 0).await.unwrap().first_position, 1);
+        assert!(matches!(
+            append(ExpectedRevision::NoStream, 1).await,
+            Err(AppendError::WrongExpectedRevision { current: Some(0), .. })
+        ));
+        assert!(matches!(
+            append(ExpectedRevision::Exact(5), 1).await,
+            Err(AppendError::WrongExpectedRevision { current: Some(0), .. })
+        ));
+        let outcome = append(ExpectedRevision::Exact(0), 1).await.unwrap();
+        assert_eq!((outcome.first_position, outcome.first_revision), (2, 1));
+        let outcome = append(ExpectedRevision::Exists, 2).await.unwrap();
+        assert_eq!((outcome.first_position, outcome.first_revision), (3, 2));
+        assert_eq!(*log.head().borrow(), 3);
+    });
+}
+
+#[test]
+fn a_retried_batch_is_not_written_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        let (log, _writer) = Log::open(dir.path()).unwrap();
+        let ids = [Uuid::new_v4(), Uuid::new_v4()];
+        let batch = |expected| {
+            request("cart-9", expected, vec![event(Some(ids[0]), 0), event(Some(ids[1]), 1)])
+        };
+        let first = log.append(batch(ExpectedRevision::NoStream)).await.unwrap();
+        log.append(request("cart-9", ExpectedRevision::Any, vec![event(None, 2)]))
+            .await
+            .unwrap();
+        let retry = log.append(batch(ExpectedRevision::NoStream)).await.unwrap();
+        assert!(retry.deduplicated);
+        assert_eq!(
+            (retry.first_position, retry.first_revision),
+            (first.first_position, first.first_revision)
+        );
+        let retry = log.append(batch(ExpectedRevision::Any)).await.unwrap();
+        assert!(retry.deduplicated);
+        // Same ids, but the expectation shows it is not a retry of that append.
+        assert!(matches!(
+            log.append(batch(ExpectedRevision::Exact(0))).await,
+            Err(AppendError::IdConflict { .. })
+        ));
+        // Same ids in another stream, or only part of the batch: a conflict, never a copy.
+        let other = request("cart-10", ExpectedRevision::Any, vec![event(Some(ids[0]), 0)]);
+        assert!(matches!(log.append(other).await, Err(AppendError::IdConflict { .. })));
+        let reordered = request(
+            "cart-9",
+            ExpectedRevision::Any,
+            vec![event(Some(ids[1]), 1), event(Some(ids[0]), 0)],
+        );
+        assert!(matches!(log.append(reordered).await, Err(AppendError::IdConflict { .. })));
+        // A retry of the tail of a batch is still a retry: the event is there, in sequence.
+        let tail = request("cart-9", ExpectedRevision::Any, vec![event(Some(ids[1]), 1)]);
+        let tail = log.append(tail).await.unwrap();
+        assert!(tail.deduplicated);
+        assert_eq!((tail.first_position, tail.first_revision), (2, 1));
+        let mixed = request(
+            "cart-9",
+            ExpectedRevision::Any,
+            vec![event(Some(ids[0]), 0), event(Some(Uuid::new_v4()), 1)],
+        );
+        assert!(matches!(log.append(mixed).await, Err(AppendError::IdConflict { .. })));
+        assert_eq!(read_all(&log, &Source::All, Direction::Forward).len(), 3);
+    });
+}
+
+#[test]
+fn stream_and_category_reads_walk_extents_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        let (log, _writer) = Log::open(dir.path()).unwrap();
+        // Interleave batches of different sizes over two streams of one category.
+        for (stream, size) in [("order-1", 3), ("order-2", 1), ("user-1", 2), ("order-1", 2)] {
+            let events = (0..size).map(|n| event(None, n)).collect();
+            log.append(request(stream, ExpectedRevision::Any, events)).await.unwrap();
+        }
+        let reader = log.reader();
+        let positions = |source: &Source, from, direction, limit| {
+            reader
+                .read(source, from, direction, limit, u64::MAX)
+                .unwrap()
+                .map(|events| events.iter().map(|e| e.position).collect::<Vec<_>>())
+        };
+        let order_1 = Source::Stream(StreamName::new("order-1").unwrap());
+        let order = Source::Category("order".into());
+        assert_eq!(positions(&order_1, None, Direction::Forward, 10), Some(vec![1, 2, 3, 7, 8]));
+        assert_eq!(positions(&order_1, Some(2), Direction::Forward, 2), Some(vec![3, 7]));
+        assert_eq!(positions(&order_1, Some(3), Direction::Backward, 3), Some(vec![7, 3, 2]));
+        assert_eq!(positions(&order_1, None, Direction::Backward, 1), Some(vec![8]));
+        assert_eq!(positions(&order, Some(2), Direction::Forward, 10), Some(vec![2, 3, 4, 7, 8]));
+        assert_eq!(positions(&order, Some(6), Direction::Backward, 10), Some(vec![4, 3, 2, 1]));
+        assert_eq!(positions(&Source::Category("nope".into()), None, Direction::Forward, 10), None);
+        assert_eq!(positions(&Source::All, Some(7), Direction::Forward, 10), Some(vec![7, 8]));
+        assert_eq!(positions(&Source::All, Some(9), Direction::Forward, 10), Some(vec![]));
+        let revisions: Vec<u64> = read_all(&log, &order_1, Direction::Forward)
+            .iter()
+            .map(|e| e.revision)
+            .collect();
+        assert_eq!(revisions, vec![0, 1, 2, 3, 4]);
+        assert_eq!(reader.locate(4).unwrap(), Some(("order-2".into(), 0)));
+        assert_eq!(reader.locate(9).unwrap(), None);
+    });
+}
+
+#[test]
+fn the_log_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let written = rt.block_on(async {
+        let (log, writer) = Log::open(dir.path()).unwrap();
+        for n in 0..5 {
+            log.append(request("s-1", ExpectedRevision::Any, vec![event(None, n)]))
+                .await
+                .unwrap();
+        }
+        let events = read_all(&log, &Source::All, Direction::Forward);
+        drop(log);
+        writer.join();
+        events
+    });
+    rt.block_on(async {
+        let (log, _writer) = Log::open(dir.path()).unwrap();
+        assert_eq!(*log.head().borrow(), 5);
+        assert_eq!(read_all(&log, &Source::All, Direction::Forward), written);
+        let next = log
+            .append(request("s-1", ExpectedRevision::Exact(4), vec![event(None, 5)]))
+            .await
+            .unwrap();
+        assert_eq!((next.first_position, next.first_revision), (6, 5));
+    });
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
+
+    /// Under random concurrent appends, positions are gap-free, each stream's revisions are
+    /// 0..n in append order, and every index read agrees with a filter of the whole log.
+    #[test]
+    fn concurrent_appends_keep_the_log_dense(
+        plans in proptest::collection::vec(
+            proptest::collection::vec((0..4usize, 1..6usize, any::<bool>()), 1..12),
+            1..8,
+        )
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let streams = ["order-1", "order-2", "user-1", "solo"];
+        let accepted = runtime().block_on(async {
+            let (log, _writer) = Log::open(dir.path()).unwrap();
+            let tasks: Vec<_> = plans.into_iter().enumerate().map(|(task, plan)| {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let mut accepted = Vec::new();
+                    for (step, (stream, size, guess)) in plan.into_iter().enumerate() {
+                        // Some appends guess a revision and may lose the race.
+                        let expected = if guess { ExpectedRevision::Exact(step as u64) } else { ExpectedRevision::Any };
+                        let events: Vec<_> = (0..size).map(|i| event(None, (task * 1000 + step * 10 + i) as u64)).collect();
+                        let ids: Vec<Uuid> = events.iter().map(|e| e.id.uuid()).collect();
+                        match log.append(request(streams[stream], expected, events)).await {
+                            Ok(outcome) => accepted.push((streams[stream], outcome, ids)),
+                            Err(AppendError::WrongExpectedRevision { .. }) => {}
+                            Err(e) => panic!("unexpected error: {e}"),
+                        }
+                    }
+                    accepted
+                })
+            }).collect();
+            let mut accepted = Vec::new();
+            for task in tasks {
+                accepted.extend(task.await.unwrap());
+            }
+            (accepted, read_all(&log, &Source::All, Direction::Forward), log)
+        });
+        let (accepted, all, log) = accepted;
+
+        let positions: Vec<u64> = all.iter().map(|e| e.position).collect();
+        prop_assert_eq!(positions, (1..=all.len() as u64).collect::<Vec<_>>());
+        prop_assert_eq!(all.len(), accepted.iter().map(|(_, _, ids)| ids.len()).sum::<usize>());
+        for (stream, outcome, ids) in &accepted {
+            for (i, id) in ids.iter().enumerate() {
+                let stored = &all[(outcome.first_position - 1) as usize + i];
+                prop_assert_eq!(&stored.id, id);
+                prop_assert_eq!(stored.stream.as_str(), *stream);
+                prop_assert_eq!(stored.revision, outcome.first_revision + i as u64);
+            }
+        }
+        let mut by_stream: BTreeMap<&str, Vec<&RecordedEvent>> = BTreeMap::new();
+        for e in &all {
+            by_stream.entry(e.stream.as_str()).or_default().push(e);
+        }
+        for (stream, events) in by_stream {
+            let revisions: Vec<u64> = events.iter().map(|e| e.revision).collect();
+            prop_assert_eq!(revisions, (0..events.len() as u64).collect::<Vec<_>>());
+            let source = Source::Stream(StreamName::new(stream).unwrap());
+            let read = read_all(&log, &source, Direction::Forward);
+            prop_assert_eq!(read.iter().collect::<Vec<_>>(), events);
+            let mut backward = read_all(&log, &source, Direction::Backward);
+            backward.reverse();
+            prop_assert_eq!(backward, read);
+        }
+        for category in ["order", "user"] {
+            let expected: Vec<&RecordedEvent> =
+                all.iter().filter(|e| e.stream.starts_with(&format!("{category}-"))).collect();
+            let read = read_all(&log, &Source::Category(category.into()), Direction::Forward);
+            prop_assert_eq!(read.iter().collect::<Vec<_>>(), expected);
+        }
+    }
+}

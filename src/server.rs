@@ -1,0 +1,93 @@
+//! The running server: opens the log, serves HTTP, and shuts down without losing a write.
+//!
+//! Shutdown order matters: stop accepting, end live subscriptions, let in-flight requests
+//! finish (each append is answered only once durable), then let the log writer drain and stop.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::http::{self, AppState};
+use crate::log::{Log, StorageError};
+
+pub struct ServeConfig {
+    /// Directory holding `log.redb` (created when missing).
+    pub data: PathBuf,
+    /// The folder projections are deployed into (created when missing).
+    pub projections: PathBuf,
+    /// Address to listen on; port 0 picks a free port.
+    pub listen: SocketAddr,
+    pub sse_keep_alive: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot create the projections folder {path}: {source}")]
+    Projections {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("server: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("a start-up task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// Serves until `stop` resolves. Prints `listening on http://ADDR` to stdout once the socket
+/// is bound, which is how scripts and tests learn a port chosen by the OS.
+pub async fn serve(config: ServeConfig, stop: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+    std::fs::create_dir_all(&config.projections).map_err(|source| ServeError::Projections {
+        path: config.projections.display().to_string(),
+        source,
+    })?;
+    let data = config.data.clone();
+    let (log, writer) = tokio::task::spawn_blocking(move || Log::open(&data)).await??;
+    let head = *log.head().borrow();
+    tracing::info!(data = %config.data.display(), head, "log opened");
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Bind { addr: config.listen, source })?;
+    let addr = listener.local_addr()?;
+    println!("listening on http://{addr}");
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let app = http::router(AppState {
+        log,
+        shutdown: shutdown_rx,
+        sse_keep_alive: config.sse_keep_alive,
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            stop.await;
+            tracing::info!("shutting down");
+            shutdown_tx.send_replace(true);
+        })
+        .await?;
+    // The router, and with it every log handle, is gone: the writer finishes and stops.
+    tokio::task::spawn_blocking(move || writer.join()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate.recv() => {}
+    }
+}

@@ -1,0 +1,212 @@
+//! Test support: a real `projector serve` child process on loopback, and small HTTP helpers.
+#![allow(dead_code)] // each test binary uses its own part of this module
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+pub struct Server {
+    child: Child,
+    pub base: String,
+    pub data: PathBuf,
+}
+
+impl Server {
+    /// Starts the server binary on a free port with its data in `data`.
+    pub fn start(data: &Path) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_projector"))
+            .arg("serve")
+            .arg("--data")
+            .arg(data)
+            .arg("--projections")
+            .arg(data.join("deploy"))
+            .args(["--listen", "127.0.0.1:0", "--sse-keep-alive", "1"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawning projector serve");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if let Some(addr) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(addr.to_owned());
+                }
+            }
+        });
+        let base = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the server printed its address");
+        Server {
+            child,
+            base,
+            data: data.to_owned(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub fn terminate(mut self) {
+        // SAFETY: kill(2) with a pid we own; no memory is touched.
+        assert_eq!(unsafe { libc::kill(self.pid(), libc::SIGTERM) }, 0);
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "projector exited with {status}");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+/// Posts `events` (a JSON array) to a stream; `expected` is the expected_revision parameter.
+pub async fn append(
+    client: &reqwest::Client,
+    server: &Server,
+    stream: &str,
+    expected: Option<&str>,
+    events: &Value,
+) -> (StatusCode, Value) {
+    let mut url = server.url(&format!("/streams/{stream}"));
+    if let Some(expected) = expected {
+        url.push_str(&format!("?expected_revision={expected}"));
+    }
+    let response = client.post(url).json(events).send().await.unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap())
+}
+
+pub async fn get_json(client: &reqwest::Client, url: &str) -> (StatusCode, Value) {
+    let response = client.get(url).send().await.unwrap();
+    let status = response.status();
+    let body = response.text().await.unwrap();
+    let json = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{url}: {e}: {body}"));
+    (status, json)
+}
+
+pub async fn get_ndjson(client: &reqwest::Client, url: &str) -> Vec<Value> {
+    let response = client
+        .get(url)
+        .header("accept", "application/x-ndjson")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "{url}");
+    assert_eq!(response.headers()["content-type"], "application/x-ndjson");
+    let body = response.text().await.unwrap();
+    body.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// A `{type, data}` event for the example domain.
+pub fn order_placed(order: u64) -> Value {
+    serde_json::json!({
+        "type": "OrderPlaced",
+        "data": {"orderId": format!("{order}"), "customerId": format!("c{}", order % 7)},
+    })
+}
+
+/// A Server-Sent Events client reading one response.
+pub struct Sse {
+    body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buffer: String,
+    pub comments: usize,
+}
+
+#[derive(Debug)]
+pub struct SseEvent {
+    pub id: u64,
+    pub data: Value,
+}
+
+impl Sse {
+    pub async fn connect(url: &str, last_event_id: Option<u64>) -> Sse {
+        let mut request = reqwest::Client::new().get(url).header("accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id.to_string());
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{url}");
+        assert!(
+            response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/event-stream")
+        );
+        Sse {
+            body: Box::pin(response.bytes_stream()),
+            buffer: String::new(),
+            comments: 0,
+        }
+    }
+
+    /// The next event, or `None` if none arrives within `wait`.
+    pub async fn next(&mut self, wait: Duration) -> Option<SseEvent> {
+        tokio::time::timeout(wait, self.next_event()).await.ok()
+    }
+
+    async fn next_event(&mut self) -> SseEvent {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let (mut id, mut data) = (None, String::new());
+                for line in block.lines() {
+                    if line.starts_with(':') {
+                        self.comments += 1;
+                    } else if let Some(v) = line.strip_prefix("id:") {
+                        id = Some(v.trim().parse().unwrap());
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.strip_prefix(' ').unwrap_or(v));
+                    }
+                }
+                if let Some(id) = id {
+                    return SseEvent {
+                        id,
+                        data: serde_json::from_str(&data).unwrap(),
+                    };
+                }
+                continue;
+            }
+            let chunk = self.body.next().await.expect("the stream ended").unwrap();
+            self.buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    }
+
+    /// Events until none arrives for `quiet`.
+    pub async fn drain(&mut self, quiet: Duration) -> Vec<SseEvent> {
+        let mut out = Vec::new();
+        while let Some(e) = self.next(quiet).await {
+            out.push(e);
+        }
+        out
+    }
+}
