@@ -11,7 +11,11 @@ use tracing_subscriber::EnvFilter;
 use projector::server::{self, ServeConfig};
 
 #[derive(Parser)]
-#[command(name = "projector", version, about = "A WebAssembly-pluggable projection engine over a durable event log")]
+#[command(
+    name = "projector",
+    version,
+    about = "A WebAssembly-pluggable projection engine over a durable event log"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -39,11 +43,18 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Serve { data, projections, listen, sse_keep_alive } => {
+        Command::Serve {
+            data,
+            projections,
+            listen,
+            sse_keep_alive,
+        } => {
             let config = ServeConfig {
                 data,
                 projections,

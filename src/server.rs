@@ -46,7 +46,10 @@ pub enum ServeError {
 
 /// Serves until `stop` resolves. Prints `listening on http://ADDR` to stdout once the socket
 /// is bound, which is how scripts and tests learn a port chosen by the OS.
-pub async fn serve(config: ServeConfig, stop: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+pub async fn serve(
+    config: ServeConfig,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
     std::fs::create_dir_all(&config.projections).map_err(|source| ServeError::Projections {
         path: config.projections.display().to_string(),
         source,
@@ -58,7 +61,10 @@ pub async fn serve(config: ServeConfig, stop: impl Future<Output = ()> + Send + 
 
     let listener = TcpListener::bind(config.listen)
         .await
-        .map_err(|source| ServeError::Bind { addr: config.listen, source })?;
+        .map_err(|source| ServeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
     let addr = listener.local_addr()?;
     println!("listening on http://{addr}");
 

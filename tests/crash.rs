@@ -91,15 +91,24 @@ async fn acknowledged_appends_survive_sigkill_exactly_once() {
         assert_eq!(e["position"], i as u64 + 1);
         let id: Uuid = e["id"].as_str().unwrap().parse().unwrap();
         assert!(by_id.insert(id, e).is_none(), "event {id} stored twice");
-        revisions.entry(e["stream"].as_str().unwrap()).or_default().push(e["revision"].as_u64().unwrap());
+        revisions
+            .entry(e["stream"].as_str().unwrap())
+            .or_default()
+            .push(e["revision"].as_u64().unwrap());
     }
     for (stream, revs) in &revisions {
-        assert_eq!(revs, &(0..revs.len() as u64).collect::<Vec<_>>(), "{stream}");
+        assert_eq!(
+            revs,
+            &(0..revs.len() as u64).collect::<Vec<_>>(),
+            "{stream}"
+        );
     }
     // Every acknowledged event is there, where the acknowledgement said.
     for (sent, ack) in &acked {
         for (i, id) in sent.ids.iter().enumerate() {
-            let stored = by_id.get(id).unwrap_or_else(|| panic!("acknowledged event {id} lost"));
+            let stored = by_id
+                .get(id)
+                .unwrap_or_else(|| panic!("acknowledged event {id} lost"));
             assert_eq!(stored["stream"], sent.stream.as_str());
             assert_eq!(stored["position"], ack.first_position + i as u64);
             assert_eq!(stored["revision"], ack.first_revision + i as u64);
@@ -110,8 +119,11 @@ async fn acknowledged_appends_survive_sigkill_exactly_once() {
     // stored (200, deduplicated) or written now (201).
     let unanswered = std::mem::take(&mut *unanswered.lock().unwrap());
     for sent in &unanswered {
-        let events: Vec<Value> =
-            sent.ids.iter().map(|id| json!({"type": "ItemAdded", "id": id, "data": {}})).collect();
+        let events: Vec<Value> = sent
+            .ids
+            .iter()
+            .map(|id| json!({"type": "ItemAdded", "id": id, "data": {}}))
+            .collect();
         let response = client
             .post(server.url(&format!("/streams/{}", sent.stream)))
             .json(&events)
@@ -119,11 +131,23 @@ async fn acknowledged_appends_survive_sigkill_exactly_once() {
             .await
             .unwrap();
         let stored_before = sent.ids.iter().filter(|id| by_id.contains_key(id)).count();
-        let expected = if stored_before == sent.ids.len() { StatusCode::OK } else { StatusCode::CREATED };
-        assert_eq!(stored_before % sent.ids.len(), 0, "a request was stored in part");
+        let expected = if stored_before == sent.ids.len() {
+            StatusCode::OK
+        } else {
+            StatusCode::CREATED
+        };
+        assert_eq!(
+            stored_before % sent.ids.len(),
+            0,
+            "a request was stored in part"
+        );
         assert_eq!(response.status(), expected);
     }
     let after = get_ndjson(&client, &server.url("/streams/$all")).await;
-    let new = unanswered.iter().filter(|s| !by_id.contains_key(&s.ids[0])).map(|s| s.ids.len()).sum::<usize>();
+    let new = unanswered
+        .iter()
+        .filter(|s| !by_id.contains_key(&s.ids[0]))
+        .map(|s| s.ids.len())
+        .sum::<usize>();
     assert_eq!(after.len(), log.len() + new);
 }

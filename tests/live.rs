@@ -15,7 +15,12 @@ fn ids(events: &[common::SseEvent]) -> Vec<u64> {
     events.iter().map(|e| e.id).collect()
 }
 
-async fn append_orders(client: &reqwest::Client, server: &Server, stream: &str, orders: std::ops::Range<u64>) {
+async fn append_orders(
+    client: &reqwest::Client,
+    server: &Server,
+    stream: &str,
+    orders: std::ops::Range<u64>,
+) {
     let events: Vec<Value> = orders.map(order_placed).collect();
     let (status, body) = append(client, server, stream, None, &json!(events)).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -64,7 +69,10 @@ async fn stream_and_category_subscriptions_see_only_their_events() {
 
     let seen = stream.drain(QUIET).await;
     assert_eq!(ids(&seen), vec![2, 5]);
-    let revisions: Vec<u64> = seen.iter().map(|e| e.data["revision"].as_u64().unwrap()).collect();
+    let revisions: Vec<u64> = seen
+        .iter()
+        .map(|e| e.data["revision"].as_u64().unwrap())
+        .collect();
     assert_eq!(revisions, vec![1, 2]);
     assert_eq!(ids(&category.drain(QUIET).await), vec![1, 2, 4, 5]);
 
@@ -118,7 +126,13 @@ async fn a_large_catch_up_arrives_complete_and_in_order() {
     let server = Server::start(dir.path());
     let client = client();
     for chunk in 0..5 {
-        append_orders(&client, &server, &format!("order-{chunk}"), chunk * 1000..(chunk + 1) * 1000).await;
+        append_orders(
+            &client,
+            &server,
+            &format!("order-{chunk}"),
+            chunk * 1000..(chunk + 1) * 1000,
+        )
+        .await;
     }
     let mut sse = Sse::connect(&server.url("/streams/$all/live?from=1"), None).await;
     let mut seen = Vec::new();

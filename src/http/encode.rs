@@ -19,7 +19,11 @@ pub fn event(out: &mut Vec<u8>, e: &RecordedEvent) {
     out.extend_from_slice(b",\"type\":");
     string(out, &e.event_type);
     out.extend_from_slice(b",\"id\":\"");
-    out.extend_from_slice(e.id.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()).as_bytes());
+    out.extend_from_slice(
+        e.id.hyphenated()
+            .encode_lower(&mut uuid::Uuid::encode_buffer())
+            .as_bytes(),
+    );
     out.extend_from_slice(b"\",\"recorded_at\":");
     out.extend_from_slice(numbers.format(e.recorded_at).as_bytes());
     out.extend_from_slice(b",\"data\":");

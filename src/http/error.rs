@@ -89,14 +89,22 @@ impl From<InvalidAppend> for ApiError {
 impl From<StorageError> for ApiError {
     fn from(e: StorageError) -> Self {
         tracing::error!(error = %e, "storage failure");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", e.to_string())
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "storage_error",
+            e.to_string(),
+        )
     }
 }
 
 impl From<tokio::task::JoinError> for ApiError {
     fn from(e: tokio::task::JoinError) -> Self {
         tracing::error!(error = %e, "a blocking task failed");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", e.to_string())
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            e.to_string(),
+        )
     }
 }
 

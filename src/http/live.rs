@@ -42,22 +42,35 @@ pub async fn subscribe(
     let Query(params) = query.map_err(|r| rejection("invalid_query", r))?;
     let last_seen = match headers.get("last-event-id") {
         None => None,
-        Some(value) => Some(value.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()).ok_or_else(
-            || ApiError::bad_request("invalid_last_event_id", "Last-Event-ID must be an event position"),
-        )?),
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_last_event_id",
+                        "Last-Event-ID must be an event position",
+                    )
+                })?,
+        ),
     };
     let reader = state.log.reader().clone();
     let head = *state.log.head().borrow();
     let start = {
         let (reader, source) = (reader.clone(), source.clone());
-        tokio::task::spawn_blocking(move || start_at(&reader, &source, last_seen, params.from, head))
-            .await??
+        tokio::task::spawn_blocking(move || {
+            start_at(&reader, &source, last_seen, params.from, head)
+        })
+        .await??
     };
 
     let keep_alive = KeepAlive::new().interval(state.sse_keep_alive);
     let (tx, rx) = mpsc::channel(BUFFER);
     tokio::spawn(follow(state, reader, source, start, tx));
-    Ok(Sse::new(ReceiverStream::new(rx)).keep_alive(keep_alive).into_response())
+    Ok(Sse::new(ReceiverStream::new(rx))
+        .keep_alive(keep_alive)
+        .into_response())
 }
 
 /// The coordinate of the first event to send.
@@ -74,7 +87,9 @@ fn start_at(
             Some((stream, revision)) if stream == name.as_str() => Ok(revision + 1),
             _ => Err(ApiError::bad_request(
                 "invalid_last_event_id",
-                format!("Last-Event-ID {position} is not the position of an event of stream {name:?}"),
+                format!(
+                    "Last-Event-ID {position} is not the position of an event of stream {name:?}"
+                ),
             )),
         },
         (_, Some(position), _) => Ok(position + 1),
@@ -104,7 +119,13 @@ async fn follow(
             let read = {
                 let (reader, source) = (reader.clone(), source.clone());
                 tokio::task::spawn_blocking(move || {
-                    reader.read(&source, Some(cursor), Direction::Forward, CATCH_UP_CHUNK, until)
+                    reader.read(
+                        &source,
+                        Some(cursor),
+                        Direction::Forward,
+                        CATCH_UP_CHUNK,
+                        until,
+                    )
                 })
                 .await
             };

@@ -39,7 +39,10 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health))
-        .route("/streams/{stream}", get(streams::read).post(streams::append))
+        .route(
+            "/streams/{stream}",
+            get(streams::read).post(streams::append),
+        )
         .route("/streams/{stream}/live", get(live::subscribe))
         .fallback(|| async { ApiError::not_found("not_found", "no such route") })
         .method_not_allowed_fallback(|| async {

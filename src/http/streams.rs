@@ -26,7 +26,12 @@ pub const MAX_PAGE: usize = 10_000;
 /// Events read per redb snapshot while streaming NDJSON.
 const NDJSON_CHUNK: usize = 1024;
 /// What may be percent-encoded in a stream name inside a `next` link: all but unreserved.
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~').remove(b'$');
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~')
+    .remove(b'$');
 
 pub const NDJSON: &str = "application/x-ndjson";
 
@@ -39,7 +44,9 @@ pub fn parse_source(name: &str) -> Result<Source, ApiError> {
         if category.is_empty() || category.contains('-') {
             return Err(ApiError::bad_request(
                 "invalid_stream_name",
-                format!("{name:?} does not name a category: use $ce-<category>, the part of a stream name before its first '-'"),
+                format!(
+                    "{name:?} does not name a category: use $ce-<category>, the part of a stream name before its first '-'"
+                ),
             ));
         }
         return Ok(Source::Category(category.to_owned()));
@@ -47,14 +54,17 @@ pub fn parse_source(name: &str) -> Result<Source, ApiError> {
     if name.starts_with('$') {
         return Err(ApiError::bad_request(
             "invalid_stream_name",
-            format!("unknown system stream {name:?}: the system streams are $all and $ce-<category>"),
+            format!(
+                "unknown system stream {name:?}: the system streams are $all and $ce-<category>"
+            ),
         ));
     }
     Ok(Source::Stream(StreamName::new(name)?))
 }
 
 pub fn path_param(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
-    path.map(|Path(p)| p).map_err(|r| rejection("invalid_path", r))
+    path.map(|Path(p)| p)
+        .map_err(|r| rejection("invalid_path", r))
 }
 
 #[derive(Deserialize)]
@@ -100,8 +110,9 @@ pub async fn append(
         ));
     }
     let body = body.map_err(|r| rejection("invalid_body", r))?;
-    let body = std::str::from_utf8(&body)
-        .map_err(|e| ApiError::bad_request("malformed_json", format!("the body is not UTF-8: {e}")))?;
+    let body = std::str::from_utf8(&body).map_err(|e| {
+        ApiError::bad_request("malformed_json", format!("the body is not UTF-8: {e}"))
+    })?;
     let parsed: Vec<EventBody> = serde_json::from_str(body).map_err(|e| {
         ApiError::bad_request(
             "malformed_json",
@@ -129,7 +140,11 @@ pub async fn append(
     } else {
         StatusCode::CREATED
     };
-    Ok((status, axum::Json(append_response(&stream, count, &outcome))).into_response())
+    Ok((
+        status,
+        axum::Json(append_response(&stream, count, &outcome)),
+    )
+        .into_response())
 }
 
 fn append_response(stream: &StreamName, count: u64, o: &AppendOutcome) -> serde_json::Value {
@@ -191,7 +206,10 @@ pub async fn read(
     let source = parse_source(&name)?;
     let Query(params) = query.map_err(|r| rejection("invalid_query", r))?;
     if params.limit == Some(0) {
-        return Err(ApiError::bad_request("invalid_query", "limit must be at least 1"));
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "limit must be at least 1",
+        ));
     }
     let until = *state.log.head().borrow();
     if wants_ndjson(&headers) {
@@ -233,7 +251,14 @@ pub async fn read(
     body.extend_from_slice(b"],\"next\":");
     serde_json::to_writer(&mut body, &next).expect("writing to a Vec cannot fail");
     body.push(b'}');
-    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response())
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response())
 }
 
 fn not_found(name: &str) -> ApiError {
@@ -253,7 +278,13 @@ async fn ndjson(
     let first_chunk = {
         let (reader, source) = (reader.clone(), source.clone());
         tokio::task::spawn_blocking(move || {
-            reader.read(&source, params.from, direction, NDJSON_CHUNK.min(remaining), until)
+            reader.read(
+                &source,
+                params.from,
+                direction,
+                NDJSON_CHUNK.min(remaining),
+                until,
+            )
         })
         .await??
     };
@@ -270,8 +301,16 @@ async fn ndjson(
             if tx.blocking_send(Ok(lines(&chunk))).is_err() {
                 return; // the client went away
             }
-            let (Some(from), true) = (next, remaining > 0) else { return };
-            chunk = match reader.read(&source, Some(from), direction, NDJSON_CHUNK.min(remaining), until) {
+            let (Some(from), true) = (next, remaining > 0) else {
+                return;
+            };
+            chunk = match reader.read(
+                &source,
+                Some(from),
+                direction,
+                NDJSON_CHUNK.min(remaining),
+                until,
+            ) {
                 Ok(events) => events.unwrap_or_default(),
                 Err(e) => {
                     tracing::error!(error = %e, "NDJSON read failed; the response is cut short");
@@ -282,7 +321,11 @@ async fn ndjson(
         }
     });
     let body = Body::from_stream(ReceiverStream::new(rx));
-    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON))], body).into_response())
+    Ok((
+        [(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON))],
+        body,
+    )
+        .into_response())
 }
 
 fn lines(events: &[RecordedEvent]) -> Bytes {

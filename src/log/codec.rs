@@ -74,7 +74,8 @@ pub fn decode_stream_and_revision(
 ) -> Result<(&str, u64), StorageError> {
     let corrupt = |reason| StorageError::Corrupt { position, reason };
     let mut r = Reader(bytes);
-    r.take(1 + 8 + 8 + 16).ok_or_else(|| corrupt("truncated record"))?;
+    r.take(1 + 8 + 8 + 16)
+        .ok_or_else(|| corrupt("truncated record"))?;
     let revision = u64::from_le_bytes(bytes[1..9].try_into().expect("8 bytes"));
     let stream = r.bytes(2).ok_or_else(|| corrupt("truncated record"))?;
     let stream = std::str::from_utf8(stream).map_err(|_| corrupt("stream name is not UTF-8"))?;

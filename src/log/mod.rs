@@ -30,6 +30,8 @@ pub use types::{
     Position, RecordedEvent, Source, StreamName,
 };
 
+pub use store::FlushPolicy;
+
 use store::Store;
 
 /// The name of the log's database file inside the data directory.
@@ -58,15 +60,23 @@ impl WriterHandle {
 impl Log {
     /// Opens (or creates) the log in `dir` and starts its writer thread.
     pub fn open(dir: &Path) -> Result<(Self, WriterHandle), StorageError> {
+        Self::open_with(dir, FlushPolicy::default())
+    }
+
+    /// [`Log::open`], with a chosen policy for flushing the in-memory index tail.
+    pub fn open_with(
+        dir: &Path,
+        policy: FlushPolicy,
+    ) -> Result<(Self, WriterHandle), StorageError> {
         std::fs::create_dir_all(dir).map_err(|source| StorageError::Open {
             path: dir.display().to_string(),
             source,
         })?;
-        let store = Arc::new(Store::open(&dir.join(LOG_FILE))?);
-        let head = store.head()?;
-        let (head_tx, head_rx) = watch::channel(head);
+        let (store, lengths) = Store::open(&dir.join(LOG_FILE), policy)?;
+        let store = Arc::new(store);
+        let (head_tx, head_rx) = watch::channel(store.head()?);
         let (jobs_tx, jobs_rx) = mpsc::channel(writer::QUEUE_CAPACITY);
-        let thread = writer::spawn(store.clone(), head, jobs_rx, head_tx).map_err(|source| {
+        let thread = writer::spawn(store.clone(), lengths, jobs_rx, head_tx).map_err(|source| {
             StorageError::Open {
                 path: "log writer thread".into(),
                 source,

@@ -2,60 +2,156 @@
 //!
 //! Layout (one file, `log.redb`):
 //!
-//! | table              | key                              | value                        |
-//! |--------------------|----------------------------------|------------------------------|
-//! | `events`           | position                         | record (see `codec`)         |
-//! | `event_ids`        | event id (u128)                  | position                     |
-//! | `streams`          | stream name                      | (stream number, event count) |
-//! | `stream_extents`   | (stream number, first revision)  | (first position, count)      |
-//! | `categories`       | category name                    | category number              |
-//! | `category_extents` | (category number, first position)| (first position, count)      |
+//! | table              | key                             | value                   |
+//! |--------------------|---------------------------------|-------------------------|
+//! | `events`           | position                        | record (see `codec`)    |
+//! | `event_ids`        | event id (u128)                 | position                |
+//! | `stream_extents`   | (stream name, first revision)   | (first position, count) |
+//! | `category_extents` | (category name, first position) | (first position, count) |
+//! | `meta`             | `"indexed_through"`             | position                |
 //!
-//! An append request writes one stream at consecutive positions and revisions, so the stream
-//! and category indexes hold one *extent* per request rather than one row per event: a
-//! 1,000-event batch costs two index rows. A stream's (category's) number is the position of its
-//! first event, which is unique and needs no counter.
+//! An append request writes one stream at consecutive positions and revisions: one *extent*.
+//! The stream and category indexes hold extents, not events, so a 1,000-event batch costs two
+//! index rows.
+//!
+//! Index tail. A durable commit here costs about 18 µs per page it writes, and each stream's
+//! newest extent sits in its own B-tree leaf, so writing the indexes on every commit doubled
+//! the pages of a small-append commit (measured: 645 µs against 406 µs for 32 one-event
+//! appends). Commits therefore write only `events` and `event_ids`; the extents of recent
+//! appends live in memory, in the [`Tail`], and are flushed into the index tables in bulk
+//! every few thousand appends, together with `indexed_through`, the position up to which the
+//! tables are complete. The tail is derived data: on open it is rebuilt from the events after
+//! `indexed_through`, so a crash loses nothing.
 
+use std::collections::HashMap;
 use std::ops::RangeInclusive;
 use std::path::Path;
+use std::sync::RwLock;
 
-use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition};
+use redb::{
+    Database, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable, Table,
+    TableDefinition, WriteTransaction,
+};
 use uuid::Uuid;
 
 use super::codec;
 use super::error::{AppendError, StorageError};
-use super::types::{AppendOutcome, AppendRequest, Direction, EventId, Position, RecordedEvent, Source};
+use super::types::{
+    AppendOutcome, AppendRequest, Direction, EventId, Position, RecordedEvent, Source, category_of,
+};
+
+/// An index of extents: (stream or category name, first coordinate) → (first position, count).
+/// The coordinate is the revision for streams and the position for categories.
+type Extents = TableDefinition<'static, (&'static str, u64), (u64, u64)>;
 
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const EVENT_IDS: TableDefinition<u128, u64> = TableDefinition::new("event_ids");
-const STREAMS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("streams");
-const STREAM_EXTENTS: TableDefinition<(u64, u64), (u64, u64)> =
-    TableDefinition::new("stream_extents");
-const CATEGORIES: TableDefinition<&str, u64> = TableDefinition::new("categories");
-const CATEGORY_EXTENTS: TableDefinition<(u64, u64), (u64, u64)> =
-    TableDefinition::new("category_extents");
+const STREAM_EXTENTS: Extents = TableDefinition::new("stream_extents");
+const CATEGORY_EXTENTS: Extents = TableDefinition::new("category_extents");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const INDEXED_THROUGH: &str = "indexed_through";
 
 /// Pages redb may keep in memory. The log is read mostly at its tail, so a modest cache serves.
 const CACHE_BYTES: usize = 256 * 1024 * 1024;
 
+/// When the index tail is flushed into the index tables.
+#[derive(Clone, Copy, Debug)]
+pub struct FlushPolicy {
+    /// Flush once the tail holds this many extents (bounds its memory).
+    pub extents: usize,
+    /// Flush once the tail covers this many events (bounds the scan on open after a crash).
+    pub events: u64,
+}
+
+impl Default for FlushPolicy {
+    fn default() -> Self {
+        Self {
+            extents: 16_384,
+            events: 262_144,
+        }
+    }
+}
+
+/// One append's run of events: consecutive positions and revisions of one stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Extent {
+    pub stream: String,
+    pub first_revision: u64,
+    pub first_position: Position,
+    pub count: u64,
+}
+
+/// Extents committed since the last flush, in position order, and the head they reach.
+#[derive(Default)]
+pub struct Tail {
+    extents: Vec<Extent>,
+    /// Every event up to here is indexed, in the tables or in `extents`.
+    covered: Position,
+}
+
+impl Tail {
+    fn events(&self) -> u64 {
+        self.extents.iter().map(|e| e.count).sum()
+    }
+}
+
 pub struct Store {
     db: Database,
+    tail: RwLock<Tail>,
+    policy: FlushPolicy,
 }
 
 impl Store {
-    pub fn open(path: &Path) -> Result<Self, StorageError> {
+    /// Opens the file and rebuilds the index tail from the events after `indexed_through`.
+    /// Returns the store and the stream lengths of the tail, for the writer.
+    pub fn open(path: &Path, policy: FlushPolicy) -> Result<(Self, StreamLengths), StorageError> {
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
             .create(path)?;
         let txn = db.begin_write()?;
         txn.open_table(EVENTS)?;
         txn.open_table(EVENT_IDS)?;
-        txn.open_table(STREAMS)?;
         txn.open_table(STREAM_EXTENTS)?;
-        txn.open_table(CATEGORIES)?;
         txn.open_table(CATEGORY_EXTENTS)?;
+        txn.open_table(META)?;
         txn.commit()?;
-        Ok(Self { db })
+
+        let txn = db.begin_read()?;
+        let indexed = indexed_through(&txn)?;
+        let events = txn.open_table(EVENTS)?;
+        let mut tail = Tail {
+            extents: Vec::new(),
+            covered: last_position(&events)?,
+        };
+        let mut lengths = StreamLengths::default();
+        for item in events.range(indexed + 1..)? {
+            let (key, value) = item?;
+            let position = key.value();
+            let (stream, revision) = codec::decode_stream_and_revision(position, value.value())?;
+            match tail.extents.last_mut() {
+                Some(last)
+                    if last.stream == stream
+                        && last.first_position + last.count == position
+                        && last.first_revision + last.count == revision =>
+                {
+                    last.count += 1;
+                }
+                _ => tail.extents.push(Extent {
+                    stream: stream.to_owned(),
+                    first_revision: revision,
+                    first_position: position,
+                    count: 1,
+                }),
+            }
+            lengths.committed.insert(stream.to_owned(), revision + 1);
+        }
+        drop((events, txn));
+        let store = Self {
+            db,
+            tail: RwLock::new(tail),
+            policy,
+        };
+        Ok((store, lengths))
     }
 
     pub fn database(&self) -> &Database {
@@ -65,8 +161,22 @@ impl Store {
     /// The position of the last event, 0 for an empty log.
     pub fn head(&self) -> Result<Position, StorageError> {
         let txn = self.db.begin_read()?;
-        let events = txn.open_table(EVENTS)?;
-        Ok(events.last()?.map_or(0, |(k, _)| k.value()))
+        last_position(&txn.open_table(EVENTS)?)
+    }
+
+    /// Whether the next commit should flush the tail.
+    pub fn tail_is_full(&self) -> bool {
+        let tail = self.tail.read().expect("tail lock");
+        tail.extents.len() >= self.policy.extents || tail.events() >= self.policy.events
+    }
+
+    /// After a commit: drops the first `flushed` extents (now in the tables) and appends the
+    /// commit's own.
+    pub fn advance_tail(&self, flushed: usize, appended: Vec<Extent>, head: Position) {
+        let mut tail = self.tail.write().expect("tail lock");
+        tail.extents.drain(..flushed);
+        tail.extents.extend(appended);
+        tail.covered = head;
     }
 
     /// Reads up to `limit` events of `source` starting at `from` (a revision for a stream, a
@@ -80,48 +190,108 @@ impl Store {
         limit: usize,
         until: Position,
     ) -> Result<Option<Vec<RecordedEvent>>, StorageError> {
-        let txn = self.db.begin_read()?;
-        let events = txn.open_table(EVENTS)?;
         let bounds = match direction {
             Direction::Forward => from.unwrap_or(0)..=u64::MAX,
             Direction::Backward => 0..=from.unwrap_or(u64::MAX),
         };
-        let positions = match source {
-            Source::All => {
-                let (low, high) = (*bounds.start(), (*bounds.end()).min(until));
-                if low > high {
-                    return Ok(Some(Vec::new()));
-                }
-                let range = events.range(low..=high)?;
-                let mut out = Vec::with_capacity(limit.min(4096));
-                let mut push = |item: Result<_, redb::StorageError>| -> Result<bool, StorageError> {
-                    let (k, v): (redb::AccessGuard<u64>, redb::AccessGuard<&[u8]>) = item?;
-                    out.push(codec::decode(k.value(), v.value())?);
-                    Ok(out.len() < limit)
-                };
-                match direction {
-                    Direction::Forward => for item in range { if !push(item)? { break } },
-                    Direction::Backward => for item in range.rev() { if !push(item)? { break } },
-                }
-                return Ok(Some(out));
-            }
-            Source::Stream(name) => {
-                let streams = txn.open_table(STREAMS)?;
-                let Some(state) = streams.get(name.as_str())? else {
-                    return Ok(None);
-                };
-                let (number, _) = state.value();
-                extent_positions(&txn, STREAM_EXTENTS, number, bounds, direction, limit, until)?
-            }
-            Source::Category(name) => {
-                let categories = txn.open_table(CATEGORIES)?;
-                let Some(number) = categories.get(name.as_str())? else {
-                    return Ok(None);
-                };
-                let number = number.value();
-                extent_positions(&txn, CATEGORY_EXTENTS, number, bounds, direction, limit, until)?
-            }
+        let (table, name) = match source {
+            Source::All => return self.read_all(bounds, direction, limit, until).map(Some),
+            Source::Stream(name) => (STREAM_EXTENTS, name.as_str()),
+            Source::Category(name) => (CATEGORY_EXTENTS, name.as_str()),
         };
+        // The tail is taken before the snapshot: extents it lacks are of commits the snapshot
+        // may not show either, and `covered` bounds the read to what both agree on. Extents a
+        // flush moved into the tables are told apart by `indexed_through`.
+        let (txn, recent, until) = {
+            let tail = self.tail.read().expect("tail lock");
+            let txn = self.db.begin_read()?;
+            let indexed = indexed_through(&txn)?;
+            let recent: Vec<(u64, Position, u64)> = tail
+                .extents
+                .iter()
+                .filter(|e| e.first_position > indexed)
+                .filter_map(|e| match source {
+                    Source::Stream(_) => {
+                        (e.stream == name).then_some((e.first_revision, e.first_position, e.count))
+                    }
+                    _ => (category_of(&e.stream) == Some(name)).then_some((
+                        e.first_position,
+                        e.first_position,
+                        e.count,
+                    )),
+                })
+                .collect();
+            (txn, recent, until.min(tail.covered))
+        };
+        let extents = txn.open_table(table)?;
+        let persisted = |range: RangeInclusive<u64>| {
+            Ok::<_, StorageError>(
+                extents
+                    .range((name, *range.start())..=(name, *range.end()))?
+                    .map(|item| -> Result<(u64, Position, u64), StorageError> {
+                        let (key, value) = item?;
+                        let (first_position, count) = value.value();
+                        Ok((key.value().1, first_position, count))
+                    }),
+            )
+        };
+        if recent.is_empty() && persisted(0..=u64::MAX)?.next().is_none() {
+            return Ok(None);
+        }
+        let (low, high) = bounds.into_inner();
+        let mut positions = Vec::new();
+        // Collects the positions of one extent within the bounds; false once the walk is done.
+        let mut take = |(first, first_position, count): (u64, Position, u64)| {
+            let coordinates = first.max(low)..=high.min(first + count - 1);
+            let position = |c: u64| first_position + (c - first);
+            match direction {
+                Direction::Forward => {
+                    for p in coordinates.map(position) {
+                        if p > until || positions.len() >= limit {
+                            return false;
+                        }
+                        positions.push(p);
+                    }
+                }
+                Direction::Backward => {
+                    for p in coordinates.rev().map(position).filter(|p| *p <= until) {
+                        if positions.len() >= limit {
+                            return false;
+                        }
+                        positions.push(p);
+                    }
+                }
+            }
+            positions.len() < limit
+        };
+        match direction {
+            Direction::Forward => {
+                // The extent holding `low` may start before it.
+                let start = persisted(0..=low)?
+                    .next_back()
+                    .transpose()?
+                    .map_or(low, |e| e.0);
+                for extent in persisted(start..=u64::MAX)? {
+                    if !take(extent?) {
+                        break;
+                    }
+                }
+                for extent in recent {
+                    if !take(extent) {
+                        break;
+                    }
+                }
+            }
+            Direction::Backward => {
+                let older = persisted(0..=high)?.rev();
+                for extent in recent.into_iter().rev().map(Ok).chain(older) {
+                    if !take(extent?) {
+                        break;
+                    }
+                }
+            }
+        }
+        let events = txn.open_table(EVENTS)?;
         let mut out = Vec::with_capacity(positions.len());
         for position in positions {
             let record = events.get(position)?.ok_or(StorageError::Corrupt {
@@ -131,6 +301,45 @@ impl Store {
             out.push(codec::decode(position, record.value())?);
         }
         Ok(Some(out))
+    }
+
+    fn read_all(
+        &self,
+        bounds: RangeInclusive<u64>,
+        direction: Direction,
+        limit: usize,
+        until: Position,
+    ) -> Result<Vec<RecordedEvent>, StorageError> {
+        let txn = self.db.begin_read()?;
+        let events = txn.open_table(EVENTS)?;
+        let (low, high) = (*bounds.start(), (*bounds.end()).min(until));
+        let mut out = Vec::with_capacity(limit.min(4096));
+        if low > high {
+            return Ok(out);
+        }
+        let range = events.range(low..=high)?;
+        let mut push = |item: Result<_, redb::StorageError>| -> Result<bool, StorageError> {
+            let (k, v): (redb::AccessGuard<u64>, redb::AccessGuard<&[u8]>) = item?;
+            out.push(codec::decode(k.value(), v.value())?);
+            Ok(out.len() < limit)
+        };
+        match direction {
+            Direction::Forward => {
+                for item in range {
+                    if !push(item)? {
+                        break;
+                    }
+                }
+            }
+            Direction::Backward => {
+                for item in range.rev() {
+                    if !push(item)? {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The stream and revision of the event at `position`, if there is one.
@@ -145,81 +354,86 @@ impl Store {
     }
 }
 
-/// Walks the extents of one stream or category, yielding the positions of the events whose
-/// coordinate (revision or position) lies in `bounds`, in `direction`, at most `limit`.
-fn extent_positions(
-    txn: &ReadTransaction,
-    table: TableDefinition<(u64, u64), (u64, u64)>,
-    number: u64,
-    bounds: RangeInclusive<u64>,
-    direction: Direction,
-    limit: usize,
-    until: Position,
-) -> Result<Vec<Position>, StorageError> {
-    let extents = txn.open_table(table)?;
-    let (low, high) = bounds.into_inner();
-    let mut out = Vec::new();
-    match direction {
-        Direction::Forward => {
-            // The extent holding `low` may start before it.
-            let start = extents
-                .range((number, 0)..=(number, low))?
-                .next_back()
-                .transpose()?
-                .map_or(low, |(k, _)| k.value().1);
-            for item in extents.range((number, start)..=(number, u64::MAX))? {
-                let (key, value) = item?;
-                let (first, (first_position, count)) = (key.value().1, value.value());
-                for coordinate in first.max(low)..first + count {
-                    let position = first_position + (coordinate - first);
-                    if out.len() >= limit || position > until {
-                        return Ok(out);
-                    }
-                    out.push(position);
-                }
-            }
-        }
-        Direction::Backward => {
-            for item in extents.range((number, 0)..=(number, high))?.rev() {
-                let (key, value) = item?;
-                let (first, (first_position, count)) = (key.value().1, value.value());
-                for coordinate in (first..=high.min(first + count - 1)).rev() {
-                    let position = first_position + (coordinate - first);
-                    if out.len() >= limit {
-                        return Ok(out);
-                    }
-                    if position <= until {
-                        out.push(position);
-                    }
-                }
-            }
-        }
+fn indexed_through(txn: &ReadTransaction) -> Result<Position, StorageError> {
+    Ok(txn
+        .open_table(META)?
+        .get(INDEXED_THROUGH)?
+        .map_or(0, |g| g.value()))
+}
+
+fn last_position(events: &ReadOnlyTable<u64, &[u8]>) -> Result<Position, StorageError> {
+    Ok(events.last()?.map_or(0, |(k, _)| k.value()))
+}
+
+/// The writer's knowledge of stream lengths beyond the index tables: the length of every
+/// stream with extents in the tail, and of those the current group appended to.
+#[derive(Default)]
+pub struct StreamLengths {
+    committed: HashMap<String, u64>,
+    group: HashMap<String, u64>,
+}
+
+impl StreamLengths {
+    fn get(&self, stream: &str) -> Option<u64> {
+        self.group
+            .get(stream)
+            .or_else(|| self.committed.get(stream))
+            .copied()
     }
-    Ok(out)
+
+    /// The group committed. After a flush the tables know every older stream's length, so
+    /// only the group's streams (the new tail) need remembering.
+    pub fn commit_group(&mut self, flushed: bool) {
+        if flushed {
+            self.committed.clear();
+        }
+        self.committed.extend(self.group.drain());
+    }
+
+    /// The group failed: forget what it appended.
+    pub fn abandon_group(&mut self) {
+        self.group.clear();
+    }
 }
 
 /// The tables of one write transaction, opened once per group commit.
 pub struct WriteTables<'txn> {
+    txn: &'txn WriteTransaction,
     events: Table<'txn, u64, &'static [u8]>,
     ids: Table<'txn, u128, u64>,
-    streams: Table<'txn, &'static str, (u64, u64)>,
-    stream_extents: Table<'txn, (u64, u64), (u64, u64)>,
-    categories: Table<'txn, &'static str, u64>,
-    category_extents: Table<'txn, (u64, u64), (u64, u64)>,
     record: Vec<u8>,
+    /// Extents this group appended, for the tail once it commits.
+    pub appended: Vec<Extent>,
 }
 
 impl<'txn> WriteTables<'txn> {
-    pub fn open(txn: &'txn redb::WriteTransaction) -> Result<Self, StorageError> {
+    pub fn open(txn: &'txn WriteTransaction) -> Result<Self, StorageError> {
         Ok(Self {
+            txn,
             events: txn.open_table(EVENTS)?,
             ids: txn.open_table(EVENT_IDS)?,
-            streams: txn.open_table(STREAMS)?,
-            stream_extents: txn.open_table(STREAM_EXTENTS)?,
-            categories: txn.open_table(CATEGORIES)?,
-            category_extents: txn.open_table(CATEGORY_EXTENTS)?,
             record: Vec::new(),
+            appended: Vec::new(),
         })
+    }
+
+    /// Writes the whole tail into the index tables and records how far they now reach.
+    /// Returns how many extents were flushed.
+    pub fn flush(&mut self, store: &Store) -> Result<usize, StorageError> {
+        let tail = store.tail.read().expect("tail lock");
+        let mut streams = self.txn.open_table(STREAM_EXTENTS)?;
+        let mut categories = self.txn.open_table(CATEGORY_EXTENTS)?;
+        for e in &tail.extents {
+            let extent = (e.first_position, e.count);
+            streams.insert((e.stream.as_str(), e.first_revision), extent)?;
+            if let Some(category) = category_of(&e.stream) {
+                categories.insert((category, e.first_position), extent)?;
+            }
+        }
+        self.txn
+            .open_table(META)?
+            .insert(INDEXED_THROUGH, tail.covered)?;
+        Ok(tail.extents.len())
     }
 
     /// Checks `request` against the log as this transaction sees it and, if it passes, writes
@@ -229,10 +443,13 @@ impl<'txn> WriteTables<'txn> {
         request: &AppendRequest,
         head: &mut Position,
         recorded_at: u64,
+        lengths: &mut StreamLengths,
     ) -> Result<AppendOutcome, AppendError> {
         let stream = request.stream.as_str();
-        let state = self.streams.get(stream)?.map(|g| g.value());
-        let len = state.map_or(0, |(_, len)| len);
+        let len = match lengths.get(stream) {
+            Some(len) => len,
+            None => self.indexed_length(stream)?,
+        };
 
         if let Some(outcome) = self.replayed(request)? {
             return Ok(outcome);
@@ -254,28 +471,32 @@ impl<'txn> WriteTables<'txn> {
             self.events.insert(position, self.record.as_slice())?;
             self.ids.insert(event.id.uuid().as_u128(), position)?;
         }
-        let number = state.map_or(first_position, |(number, _)| number);
-        self.streams.insert(stream, (number, len + count))?;
-        self.stream_extents
-            .insert((number, len), (first_position, count))?;
-        if let Some(category) = request.stream.category() {
-            let existing = self.categories.get(category)?.map(|g| g.value());
-            let number = match existing {
-                Some(number) => number,
-                None => {
-                    self.categories.insert(category, first_position)?;
-                    first_position
-                }
-            };
-            self.category_extents
-                .insert((number, first_position), (first_position, count))?;
-        }
+        lengths.group.insert(stream.to_owned(), len + count);
+        self.appended.push(Extent {
+            stream: stream.to_owned(),
+            first_revision: len,
+            first_position,
+            count,
+        });
         *head += count;
         Ok(AppendOutcome {
             first_position,
             first_revision: len,
             ids: request.events.iter().map(|e| e.id.uuid()).collect(),
             deduplicated: false,
+        })
+    }
+
+    /// A stream's length per the index tables, for a stream with nothing in the tail.
+    fn indexed_length(&self, stream: &str) -> Result<u64, StorageError> {
+        let extents = self.txn.open_table(STREAM_EXTENTS)?;
+        let last = extents.range((stream, 0)..=(stream, u64::MAX))?.next_back();
+        Ok(match last {
+            Some(item) => {
+                let (key, value) = item?;
+                key.value().1 + value.value().1
+            }
+            None => 0,
         })
     }
 
@@ -332,4 +553,17 @@ impl<'txn> WriteTables<'txn> {
 
 fn conflict(id: Uuid, position: Position) -> AppendError {
     AppendError::IdConflict { id, position }
+}
+
+/// Drops the index tables and `indexed_through` from a closed log file, leaving the state a
+/// crash before the first flush leaves: only events and ids.
+#[cfg(test)]
+pub fn forget_index(path: &Path) -> Result<(), StorageError> {
+    let db = Database::create(path)?;
+    let txn = db.begin_write()?;
+    txn.delete_table(STREAM_EXTENTS)?;
+    txn.delete_table(CATEGORY_EXTENTS)?;
+    txn.open_table(META)?.remove(INDEXED_THROUGH)?;
+    txn.commit()?;
+    Ok(())
 }

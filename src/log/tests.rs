@@ -38,14 +38,26 @@ fn expected_revisions_are_enforced() {
             append(ExpectedRevision::Exists, 0).await,
             Err(AppendError::WrongExpectedRevision { current: None, .. })
         ));
-        assert_eq!(append(ExpectedRevision::NoStream, 0).await.unwrap().first_position, 1);
+        assert_eq!(
+            append(ExpectedRevision::NoStream, 0)
+                .await
+                .unwrap()
+                .first_position,
+            1
+        );
         assert!(matches!(
             append(ExpectedRevision::NoStream, 1).await,
-            Err(AppendError::WrongExpectedRevision { current: Some(0), .. })
+            Err(AppendError::WrongExpectedRevision {
+                current: Some(0),
+                ..
+            })
         ));
         assert!(matches!(
             append(ExpectedRevision::Exact(5), 1).await,
-            Err(AppendError::WrongExpectedRevision { current: Some(0), .. })
+            Err(AppendError::WrongExpectedRevision {
+                current: Some(0),
+                ..
+            })
         ));
         let outcome = append(ExpectedRevision::Exact(0), 1).await.unwrap();
         assert_eq!((outcome.first_position, outcome.first_revision), (2, 1));
@@ -62,12 +74,20 @@ fn a_retried_batch_is_not_written_twice() {
         let (log, _writer) = Log::open(dir.path()).unwrap();
         let ids = [Uuid::new_v4(), Uuid::new_v4()];
         let batch = |expected| {
-            request("cart-9", expected, vec![event(Some(ids[0]), 0), event(Some(ids[1]), 1)])
+            request(
+                "cart-9",
+                expected,
+                vec![event(Some(ids[0]), 0), event(Some(ids[1]), 1)],
+            )
         };
         let first = log.append(batch(ExpectedRevision::NoStream)).await.unwrap();
-        log.append(request("cart-9", ExpectedRevision::Any, vec![event(None, 2)]))
-            .await
-            .unwrap();
+        log.append(request(
+            "cart-9",
+            ExpectedRevision::Any,
+            vec![event(None, 2)],
+        ))
+        .await
+        .unwrap();
         let retry = log.append(batch(ExpectedRevision::NoStream)).await.unwrap();
         assert!(retry.deduplicated);
         assert_eq!(
@@ -82,16 +102,30 @@ fn a_retried_batch_is_not_written_twice() {
             Err(AppendError::IdConflict { .. })
         ));
         // Same ids in another stream, or only part of the batch: a conflict, never a copy.
-        let other = request("cart-10", ExpectedRevision::Any, vec![event(Some(ids[0]), 0)]);
-        assert!(matches!(log.append(other).await, Err(AppendError::IdConflict { .. })));
+        let other = request(
+            "cart-10",
+            ExpectedRevision::Any,
+            vec![event(Some(ids[0]), 0)],
+        );
+        assert!(matches!(
+            log.append(other).await,
+            Err(AppendError::IdConflict { .. })
+        ));
         let reordered = request(
             "cart-9",
             ExpectedRevision::Any,
             vec![event(Some(ids[1]), 1), event(Some(ids[0]), 0)],
         );
-        assert!(matches!(log.append(reordered).await, Err(AppendError::IdConflict { .. })));
+        assert!(matches!(
+            log.append(reordered).await,
+            Err(AppendError::IdConflict { .. })
+        ));
         // A retry of the tail of a batch is still a retry: the event is there, in sequence.
-        let tail = request("cart-9", ExpectedRevision::Any, vec![event(Some(ids[1]), 1)]);
+        let tail = request(
+            "cart-9",
+            ExpectedRevision::Any,
+            vec![event(Some(ids[1]), 1)],
+        );
         let tail = log.append(tail).await.unwrap();
         assert!(tail.deduplicated);
         assert_eq!((tail.first_position, tail.first_revision), (2, 1));
@@ -100,7 +134,10 @@ fn a_retried_batch_is_not_written_twice() {
             ExpectedRevision::Any,
             vec![event(Some(ids[0]), 0), event(Some(Uuid::new_v4()), 1)],
         );
-        assert!(matches!(log.append(mixed).await, Err(AppendError::IdConflict { .. })));
+        assert!(matches!(
+            log.append(mixed).await,
+            Err(AppendError::IdConflict { .. })
+        ));
         assert_eq!(read_all(&log, &Source::All, Direction::Forward).len(), 3);
     });
 }
@@ -111,9 +148,16 @@ fn stream_and_category_reads_walk_extents_both_ways() {
     runtime().block_on(async {
         let (log, _writer) = Log::open(dir.path()).unwrap();
         // Interleave batches of different sizes over two streams of one category.
-        for (stream, size) in [("order-1", 3), ("order-2", 1), ("user-1", 2), ("order-1", 2)] {
+        for (stream, size) in [
+            ("order-1", 3),
+            ("order-2", 1),
+            ("user-1", 2),
+            ("order-1", 2),
+        ] {
             let events = (0..size).map(|n| event(None, n)).collect();
-            log.append(request(stream, ExpectedRevision::Any, events)).await.unwrap();
+            log.append(request(stream, ExpectedRevision::Any, events))
+                .await
+                .unwrap();
         }
         let reader = log.reader();
         let positions = |source: &Source, from, direction, limit| {
@@ -124,15 +168,47 @@ fn stream_and_category_reads_walk_extents_both_ways() {
         };
         let order_1 = Source::Stream(StreamName::new("order-1").unwrap());
         let order = Source::Category("order".into());
-        assert_eq!(positions(&order_1, None, Direction::Forward, 10), Some(vec![1, 2, 3, 7, 8]));
-        assert_eq!(positions(&order_1, Some(2), Direction::Forward, 2), Some(vec![3, 7]));
-        assert_eq!(positions(&order_1, Some(3), Direction::Backward, 3), Some(vec![7, 3, 2]));
-        assert_eq!(positions(&order_1, None, Direction::Backward, 1), Some(vec![8]));
-        assert_eq!(positions(&order, Some(2), Direction::Forward, 10), Some(vec![2, 3, 4, 7, 8]));
-        assert_eq!(positions(&order, Some(6), Direction::Backward, 10), Some(vec![4, 3, 2, 1]));
-        assert_eq!(positions(&Source::Category("nope".into()), None, Direction::Forward, 10), None);
-        assert_eq!(positions(&Source::All, Some(7), Direction::Forward, 10), Some(vec![7, 8]));
-        assert_eq!(positions(&Source::All, Some(9), Direction::Forward, 10), Some(vec![]));
+        assert_eq!(
+            positions(&order_1, None, Direction::Forward, 10),
+            Some(vec![1, 2, 3, 7, 8])
+        );
+        assert_eq!(
+            positions(&order_1, Some(2), Direction::Forward, 2),
+            Some(vec![3, 7])
+        );
+        assert_eq!(
+            positions(&order_1, Some(3), Direction::Backward, 3),
+            Some(vec![7, 3, 2])
+        );
+        assert_eq!(
+            positions(&order_1, None, Direction::Backward, 1),
+            Some(vec![8])
+        );
+        assert_eq!(
+            positions(&order, Some(2), Direction::Forward, 10),
+            Some(vec![2, 3, 4, 7, 8])
+        );
+        assert_eq!(
+            positions(&order, Some(6), Direction::Backward, 10),
+            Some(vec![4, 3, 2, 1])
+        );
+        assert_eq!(
+            positions(
+                &Source::Category("nope".into()),
+                None,
+                Direction::Forward,
+                10
+            ),
+            None
+        );
+        assert_eq!(
+            positions(&Source::All, Some(7), Direction::Forward, 10),
+            Some(vec![7, 8])
+        );
+        assert_eq!(
+            positions(&Source::All, Some(9), Direction::Forward, 10),
+            Some(vec![])
+        );
         let revisions: Vec<u64> = read_all(&log, &order_1, Direction::Forward)
             .iter()
             .map(|e| e.revision)
@@ -164,10 +240,106 @@ fn the_log_survives_a_reopen() {
         assert_eq!(*log.head().borrow(), 5);
         assert_eq!(read_all(&log, &Source::All, Direction::Forward), written);
         let next = log
-            .append(request("s-1", ExpectedRevision::Exact(4), vec![event(None, 5)]))
+            .append(request(
+                "s-1",
+                ExpectedRevision::Exact(4),
+                vec![event(None, 5)],
+            ))
             .await
             .unwrap();
         assert_eq!((next.first_position, next.first_revision), (6, 5));
+    });
+}
+
+/// Every index read (each stream, each category, both directions, from every start) agrees
+/// with a filter of the whole log.
+fn assert_indexes_match_the_log(log: &Log, all: &[RecordedEvent]) {
+    let reader = log.reader();
+    let mut sources: Vec<(Source, Vec<&RecordedEvent>)> = Vec::new();
+    let mut streams: Vec<&str> = all.iter().map(|e| e.stream.as_str()).collect();
+    streams.sort_unstable();
+    streams.dedup();
+    for stream in streams {
+        let events = all.iter().filter(|e| e.stream == stream).collect();
+        sources.push((Source::Stream(StreamName::new(stream).unwrap()), events));
+    }
+    for category in ["order", "user", "solo"] {
+        let events = all
+            .iter()
+            .filter(|e| e.stream.starts_with(&format!("{category}-")))
+            .collect();
+        sources.push((Source::Category(category.into()), events));
+    }
+    for (source, expected) in sources {
+        let read = read_all(log, &source, Direction::Forward);
+        assert_eq!(read.iter().collect::<Vec<_>>(), expected, "{source:?}");
+        let mut backward = read_all(log, &source, Direction::Backward);
+        backward.reverse();
+        assert_eq!(backward, read, "{source:?} backward");
+        for (i, e) in expected.iter().enumerate() {
+            let from = source.coordinate(e);
+            let page = reader
+                .read(&source, Some(from), Direction::Forward, 2, u64::MAX)
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                page.iter().collect::<Vec<_>>(),
+                expected[i..expected.len().min(i + 2)].to_vec()
+            );
+            let page = reader
+                .read(&source, Some(from), Direction::Backward, 2, u64::MAX)
+                .unwrap()
+                .unwrap();
+            let want: Vec<&RecordedEvent> = expected[i.saturating_sub(1)..=i]
+                .iter()
+                .rev()
+                .copied()
+                .collect();
+            assert_eq!(page.iter().collect::<Vec<_>>(), want);
+        }
+    }
+}
+
+#[test]
+fn a_lost_index_is_rebuilt_from_the_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let policy = FlushPolicy {
+        extents: 3,
+        events: 1_000,
+    };
+    let written = rt.block_on(async {
+        let (log, writer) = Log::open_with(dir.path(), policy).unwrap();
+        for n in 0..20u64 {
+            let stream = ["order-1", "order-2", "user-1"][n as usize % 3];
+            let events = (0..1 + n % 3).map(|i| event(None, i)).collect();
+            log.append(request(stream, ExpectedRevision::Any, events))
+                .await
+                .unwrap();
+        }
+        let all = read_all(&log, &Source::All, Direction::Forward);
+        drop(log);
+        writer.join();
+        all
+    });
+    store::forget_index(&dir.path().join(LOG_FILE)).unwrap();
+    rt.block_on(async {
+        let (log, _writer) = Log::open_with(dir.path(), policy).unwrap();
+        assert_indexes_match_the_log(&log, &written);
+        // Appends continue at the right revisions on top of the rebuilt tail.
+        let next = log
+            .append(request(
+                "order-1",
+                ExpectedRevision::Any,
+                vec![event(None, 0)],
+            ))
+            .await
+            .unwrap();
+        let order_1 = written.iter().filter(|e| e.stream == "order-1").count() as u64;
+        assert_eq!(
+            (next.first_position, next.first_revision),
+            (written.len() as u64 + 1, order_1)
+        );
     });
 }
 
@@ -175,18 +347,21 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
 
     /// Under random concurrent appends, positions are gap-free, each stream's revisions are
-    /// 0..n in append order, and every index read agrees with a filter of the whole log.
+    /// 0..n in append order, and every index read agrees with a filter of the whole log,
+    /// whenever the index tail happens to be flushed, and again after a reopen.
     #[test]
     fn concurrent_appends_keep_the_log_dense(
         plans in proptest::collection::vec(
             proptest::collection::vec((0..4usize, 1..6usize, any::<bool>()), 1..12),
             1..8,
-        )
+        ),
+        flush_after in 1..8usize,
     ) {
         let dir = tempfile::tempdir().unwrap();
         let streams = ["order-1", "order-2", "user-1", "solo"];
+        let policy = FlushPolicy { extents: flush_after, events: 1_000_000 };
         let accepted = runtime().block_on(async {
-            let (log, _writer) = Log::open(dir.path()).unwrap();
+            let (log, writer) = Log::open_with(dir.path(), policy).unwrap();
             let tasks: Vec<_> = plans.into_iter().enumerate().map(|(task, plan)| {
                 let log = log.clone();
                 tokio::spawn(async move {
@@ -209,9 +384,9 @@ proptest! {
             for task in tasks {
                 accepted.extend(task.await.unwrap());
             }
-            (accepted, read_all(&log, &Source::All, Direction::Forward), log)
+            (accepted, read_all(&log, &Source::All, Direction::Forward), log, writer)
         });
-        let (accepted, all, log) = accepted;
+        let (accepted, all, log, writer) = accepted;
 
         let positions: Vec<u64> = all.iter().map(|e| e.position).collect();
         prop_assert_eq!(positions, (1..=all.len() as u64).collect::<Vec<_>>());
@@ -224,25 +399,83 @@ proptest! {
                 prop_assert_eq!(stored.revision, outcome.first_revision + i as u64);
             }
         }
-        let mut by_stream: BTreeMap<&str, Vec<&RecordedEvent>> = BTreeMap::new();
+        let mut by_stream: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
         for e in &all {
-            by_stream.entry(e.stream.as_str()).or_default().push(e);
+            by_stream.entry(e.stream.as_str()).or_default().push(e.revision);
         }
-        for (stream, events) in by_stream {
-            let revisions: Vec<u64> = events.iter().map(|e| e.revision).collect();
-            prop_assert_eq!(revisions, (0..events.len() as u64).collect::<Vec<_>>());
-            let source = Source::Stream(StreamName::new(stream).unwrap());
-            let read = read_all(&log, &source, Direction::Forward);
-            prop_assert_eq!(read.iter().collect::<Vec<_>>(), events);
-            let mut backward = read_all(&log, &source, Direction::Backward);
-            backward.reverse();
-            prop_assert_eq!(backward, read);
+        for revisions in by_stream.values() {
+            prop_assert_eq!(revisions, &(0..revisions.len() as u64).collect::<Vec<_>>());
         }
-        for category in ["order", "user"] {
-            let expected: Vec<&RecordedEvent> =
-                all.iter().filter(|e| e.stream.starts_with(&format!("{category}-"))).collect();
-            let read = read_all(&log, &Source::Category(category.into()), Direction::Forward);
-            prop_assert_eq!(read.iter().collect::<Vec<_>>(), expected);
-        }
+        assert_indexes_match_the_log(&log, &all);
+        drop(log);
+        writer.join();
+        runtime().block_on(async {
+            let (log, _writer) = Log::open_with(dir.path(), policy).unwrap();
+            assert_indexes_match_the_log(&log, &all);
+        });
     }
+}
+
+/// Readers racing the writer's flushes never see a gap, a duplicate, or a stream shrink.
+#[test]
+fn reads_racing_flushes_stay_consistent() {
+    let dir = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        let policy = FlushPolicy {
+            extents: 2,
+            events: 1_000,
+        };
+        let (log, _writer) = Log::open_with(dir.path(), policy).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let readers: Vec<_> = ["order-1", "order-2"]
+            .into_iter()
+            .map(|stream| {
+                let (log, stop) = (log.clone(), stop.clone());
+                tokio::task::spawn_blocking(move || {
+                    let source = Source::Stream(StreamName::new(stream).unwrap());
+                    let category = Source::Category("order".into());
+                    let (mut longest, mut reads) = (0, 0);
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let until = *log.head().borrow();
+                        let events = log
+                            .reader()
+                            .read(&source, None, Direction::Forward, usize::MAX, until)
+                            .unwrap()
+                            .unwrap_or_default();
+                        let revisions: Vec<u64> = events.iter().map(|e| e.revision).collect();
+                        assert_eq!(revisions, (0..events.len() as u64).collect::<Vec<_>>());
+                        assert!(events.len() >= longest, "{stream} shrank");
+                        longest = events.len();
+                        let in_category = log
+                            .reader()
+                            .read(&category, None, Direction::Forward, usize::MAX, until)
+                            .unwrap()
+                            .unwrap_or_default();
+                        assert!(
+                            in_category
+                                .windows(2)
+                                .all(|w| w[0].position < w[1].position)
+                        );
+                        assert!(
+                            in_category.iter().filter(|e| e.stream == stream).count()
+                                >= events.len()
+                        );
+                        reads += 1;
+                    }
+                    (longest, reads)
+                })
+            })
+            .collect();
+        for n in 0..400u64 {
+            let stream = ["order-1", "order-2", "user-1"][n as usize % 3];
+            log.append(request(stream, ExpectedRevision::Any, vec![event(None, n)]))
+                .await
+                .unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for reader in readers {
+            let (longest, reads) = reader.await.unwrap();
+            assert!(reads > 0 && longest <= 134);
+        }
+    });
 }

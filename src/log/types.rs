@@ -54,13 +54,9 @@ impl StreamName {
         Ok(Self(name))
     }
 
-    /// The category: the part before the first `-`, when there is a non-empty one
-    /// (`order-42` is in `order`; `order` and `-42` have none).
+    /// The category: see [`category_of`].
     pub fn category(&self) -> Option<&str> {
-        match self.0.split_once('-') {
-            Some((category, _)) if !category.is_empty() => Some(category),
-            _ => None,
-        }
+        category_of(&self.0)
     }
 
     pub fn as_str(&self) -> &str {
@@ -71,6 +67,15 @@ impl StreamName {
 impl fmt::Display for StreamName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+/// The category of a stream: the part of its name before the first `-`, when there is a
+/// non-empty one (`order-42` is in `order`; `order` and `-42` have none).
+pub fn category_of(stream: &str) -> Option<&str> {
+    match stream.split_once('-') {
+        Some((category, _)) if !category.is_empty() => Some(category),
+        _ => None,
     }
 }
 
@@ -154,7 +159,9 @@ impl std::str::FromStr for ExpectedRevision {
             "no_stream" => Ok(Self::NoStream),
             "exists" => Ok(Self::Exists),
             n => n.parse().map(Self::Exact).map_err(|_| {
-                format!("expected_revision {n:?} is not any, no_stream, exists or a revision number")
+                format!(
+                    "expected_revision {n:?} is not any, no_stream, exists or a revision number"
+                )
             }),
         }
     }
@@ -386,9 +393,8 @@ mod tests {
     #[test]
     fn a_batch_may_not_repeat_an_id() {
         let id = Uuid::new_v4();
-        let event = || {
-            NewEvent::new(Some(id), "T", JsonPayload::parse("{}").unwrap(), None).unwrap()
-        };
+        let event =
+            || NewEvent::new(Some(id), "T", JsonPayload::parse("{}").unwrap(), None).unwrap();
         let stream = StreamName::new("s").unwrap();
         let err = AppendRequest::new(stream, ExpectedRevision::Any, vec![event(), event()]);
         assert!(matches!(err, Err(InvalidAppend::RepeatedId(i)) if i == id));

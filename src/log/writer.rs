@@ -2,16 +2,18 @@
 //!
 //! Requests queue on a bounded channel. The writer takes whatever is queued (up to a cap),
 //! checks and writes each request in one redb transaction, commits it with fsync once, then
-//! answers every request and publishes the new head. While one commit waits on the disk the
+//! publishes the new head and answers every request. While one commit waits on the disk the
 //! next group gathers, so concurrent appenders share the cost of an fsync without any timer.
+//! When the index tail is full, the next commit also flushes it (see `store`).
 
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::error::{AppendError, StorageError};
-use super::store::{Store, WriteTables};
+use super::store::{Extent, Store, StreamLengths, WriteTables};
 use super::types::{AppendOutcome, AppendRequest, Position};
 
 /// Requests waiting for the writer. Appenders past this wait for room (back-pressure).
@@ -24,12 +26,15 @@ pub struct Job {
     pub reply: oneshot::Sender<Result<AppendOutcome, AppendError>>,
 }
 
+type Answers = Vec<Result<AppendOutcome, AppendError>>;
+
 pub fn spawn(
-    store: std::sync::Arc<Store>,
-    mut head: Position,
+    store: Arc<Store>,
+    mut lengths: StreamLengths,
     mut jobs: mpsc::Receiver<Job>,
     head_tx: watch::Sender<Position>,
 ) -> std::io::Result<JoinHandle<()>> {
+    let mut head = *head_tx.borrow();
     std::thread::Builder::new()
         .name("log-writer".into())
         .spawn(move || {
@@ -46,49 +51,57 @@ pub fn spawn(
                         Err(_) => break,
                     }
                 }
-                let results = commit_group(&store, &mut head, &group);
+                let answers = commit_group(&store, &mut head, &mut lengths, &group);
                 // Publish before answering: whoever holds an answer sees a head that covers it.
                 head_tx.send_replace(head);
-                for (job, result) in group.drain(..).zip(results) {
+                for (job, answer) in group.drain(..).zip(answers) {
                     // The appender may have gone away; its events are committed all the same.
-                    let _ = job.reply.send(result);
+                    let _ = job.reply.send(answer);
                 }
             }
+            // Closing: flush the tail, so the next open has nothing to rebuild.
+            commit_group(&store, &mut head, &mut lengths, &[]);
         })
 }
 
-/// Writes and commits one group, advancing `*head` when the commit succeeds, and returns
-/// each request's answer.
+/// Writes and commits one group (flushing the index tail when it is full, or when the group
+/// is empty), advancing `*head` when the commit succeeds, and returns each request's answer.
 fn commit_group(
     store: &Store,
     head: &mut Position,
+    lengths: &mut StreamLengths,
     group: &[Job],
-) -> Vec<Result<AppendOutcome, AppendError>> {
+) -> Answers {
     let mut next_head = *head;
-    let outcome = (|| -> Result<Vec<Result<AppendOutcome, AppendError>>, StorageError> {
+    let flush = group.is_empty() || store.tail_is_full();
+    let outcome = (|| -> Result<(Answers, usize, Vec<Extent>), StorageError> {
         let txn = store.database().begin_write()?;
-        let results = {
+        let (answers, flushed, appended) = {
             let mut tables = WriteTables::open(&txn)?;
+            let flushed = if flush { tables.flush(store)? } else { 0 };
             let now = now_micros();
-            let mut results = Vec::with_capacity(group.len());
-            for job in group.iter() {
-                match tables.append(&job.request, &mut next_head, now) {
+            let mut answers = Vec::with_capacity(group.len());
+            for job in group {
+                match tables.append(&job.request, &mut next_head, now, lengths) {
                     // A storage failure may leave part of a request written: abandon the group.
                     Err(AppendError::Storage(e)) => return Err(e),
-                    result => results.push(result),
+                    answer => answers.push(answer),
                 }
             }
-            results
+            (answers, flushed, tables.appended)
         };
         txn.commit()?;
-        Ok(results)
+        Ok((answers, flushed, appended))
     })();
     match outcome {
-        Ok(results) => {
+        Ok((answers, flushed, appended)) => {
+            store.advance_tail(flushed, appended, next_head);
+            lengths.commit_group(flush);
             *head = next_head;
-            results
+            answers
         }
         Err(e) => {
+            lengths.abandon_group();
             tracing::error!(error = %e, "log commit failed; the group is refused");
             let message = e.to_string();
             group

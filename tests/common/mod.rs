@@ -124,7 +124,9 @@ pub async fn get_ndjson(client: &reqwest::Client, url: &str) -> Vec<Value> {
     assert_eq!(response.status(), StatusCode::OK, "{url}");
     assert_eq!(response.headers()["content-type"], "application/x-ndjson");
     let body = response.text().await.unwrap();
-    body.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    body.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 /// A `{type, data}` event for the example domain.
@@ -150,7 +152,9 @@ pub struct SseEvent {
 
 impl Sse {
     pub async fn connect(url: &str, last_event_id: Option<u64>) -> Sse {
-        let mut request = reqwest::Client::new().get(url).header("accept", "text/event-stream");
+        let mut request = reqwest::Client::new()
+            .get(url)
+            .header("accept", "text/event-stream");
         if let Some(id) = last_event_id {
             request = request.header("last-event-id", id.to_string());
         }

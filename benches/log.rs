@@ -1,0 +1,357 @@
+//! Throughput of the event log, end to end over HTTP, on this machine.
+//!
+//! `cargo bench --bench log` starts the release `projector serve` on loopback with its data on
+//! the target directory's disk (so every commit pays a real fsync), drives it from this
+//! process, and prints a Markdown table of medians. `BENCH_SECONDS` (default 3) sets each
+//! run's length, `BENCH_RUNS` (default 3) the runs per figure, and `BENCH_ONLY` (a word, such
+//! as `append` or `read`) keeps the measurements whose name contains it.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use projector::log::{AppendRequest, ExpectedRevision, JsonPayload, Log, NewEvent, StreamName};
+use serde_json::{Value, json};
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Server {
+    fn start(data: &Path) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_projector"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(data)
+            .arg("--projections")
+            .arg(data.join("deploy"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawning projector serve");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let base = loop {
+            let line = lines.next().expect("server exited").unwrap();
+            if let Some(addr) = line.strip_prefix("listening on ") {
+                break addr.to_owned();
+            }
+        };
+        Server { child, base }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn settings() -> (Duration, usize) {
+    let var = |name, default| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    (
+        Duration::from_secs(var("BENCH_SECONDS", 3)),
+        var("BENCH_RUNS", 3) as usize,
+    )
+}
+
+fn selected(name: &str) -> bool {
+    std::env::var("BENCH_ONLY").map_or(true, |only| name.contains(&only))
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+fn event(n: u64) -> Value {
+    json!({"type": "ItemAdded", "data": {"orderId": format!("{}", n / 4), "sku": format!("sku-{}", n % 97), "quantity": 1 + n % 3, "unitPriceCents": 199 + n % 1000}})
+}
+
+/// `clients` concurrent clients, each appending `batch` events per request for `seconds`.
+/// Returns durable events per second.
+async fn appends(base: &str, clients: usize, batch: u64, seconds: Duration) -> f64 {
+    let client = reqwest::Client::new();
+    let done = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let (client, done, base) = (client.clone(), done.clone(), base.to_owned());
+            let body = serde_json::to_vec(&(0..batch).map(event).collect::<Vec<_>>()).unwrap();
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while start.elapsed() < seconds {
+                    let url = format!("{base}/streams/order-{c}x{}", n % 50);
+                    let response = client
+                        .post(url)
+                        .header("content-type", "application/json")
+                        .body(body.clone())
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(response.status(), 201);
+                    response.bytes().await.unwrap();
+                    done.fetch_add(batch, Ordering::Relaxed);
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// The same load as [`appends`] with 1 event per request, from a minimal HTTP/1.1 client: one
+/// keep-alive connection per client, a prepared request, and a response read up to its
+/// Content-Length. It costs the shared 2 cores far less than reqwest, so the figure shows more
+/// of what the server can take when its clients run elsewhere.
+async fn lean_appends(base: &str, clients: usize, seconds: Duration) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://").to_owned();
+    let done = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let (done, addr) = (done.clone(), addr.clone());
+            tokio::spawn(async move {
+                let mut socket = tokio::net::TcpStream::connect(&addr).await.unwrap();
+                socket.set_nodelay(true).unwrap();
+                let body = serde_json::to_vec(&[event(c as u64)]).unwrap();
+                let mut buffer = vec![0u8; 64 * 1024];
+                let mut n = 0u64;
+                while start.elapsed() < seconds {
+                    let mut request = format!(
+                        "POST /streams/order-{c}x{} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                        n % 50,
+                        body.len()
+                    )
+                    .into_bytes();
+                    request.extend_from_slice(&body);
+                    socket.write_all(&request).await.unwrap();
+                    let mut filled = 0;
+                    loop {
+                        let read = socket.read(&mut buffer[filled..]).await.unwrap();
+                        assert!(read > 0, "the server closed the connection");
+                        filled += read;
+                        let text = &buffer[..filled];
+                        let Some(end) = text.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+                        let head = std::str::from_utf8(&text[..end]).unwrap().to_ascii_lowercase();
+                        assert!(head.starts_with("http/1.1 201"), "{head}");
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .unwrap()
+                            .trim()
+                            .parse()
+                            .unwrap();
+                        if filled >= end + 4 + length {
+                            break;
+                        }
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Streams a read as NDJSON; returns (events, events per second).
+async fn ndjson_read(base: &str, path: &str) -> (u64, f64) {
+    let client = reqwest::Client::new();
+    let start = Instant::now();
+    let response = client
+        .get(format!("{base}{path}"))
+        .header("accept", "application/x-ndjson")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.bytes_stream();
+    let mut lines = 0u64;
+    while let Some(chunk) = body.next().await {
+        lines += chunk.unwrap().iter().filter(|&&b| b == b'\n').count() as u64;
+    }
+    (lines, lines as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Reads a stream as JSON pages of 10,000 following `next`; returns events per second.
+async fn paged_read(base: &str, path: &str) -> f64 {
+    let client = reqwest::Client::new();
+    let start = Instant::now();
+    let (mut url, mut events) = (format!("{base}{path}"), 0usize);
+    loop {
+        let page: Value = client.get(&url).send().await.unwrap().json().await.unwrap();
+        events += page["events"].as_array().unwrap().len();
+        match page["next"].as_str() {
+            Some(next) => url = format!("{base}{next}"),
+            None => break,
+        }
+    }
+    events as f64 / start.elapsed().as_secs_f64()
+}
+
+/// The log without HTTP: 1,000-event batches straight into `Log::append`.
+async fn direct_batches(dir: &Path, seconds: Duration) -> f64 {
+    let (log, writer) = Log::open(dir).unwrap();
+    let start = Instant::now();
+    let mut done = 0u64;
+    while start.elapsed() < seconds {
+        let events = (0..1000)
+            .map(|n| {
+                let data = JsonPayload::parse(&event(n).to_string()).unwrap();
+                NewEvent::new(None, "ItemAdded", data, None).unwrap()
+            })
+            .collect();
+        let stream = StreamName::new(format!("order-{}", done / 1000 % 50)).unwrap();
+        log.append(AppendRequest::new(stream, ExpectedRevision::Any, events).unwrap())
+            .await
+            .unwrap();
+        done += 1000;
+    }
+    let rate = done as f64 / start.elapsed().as_secs_f64();
+    drop(log);
+    writer.join();
+    rate
+}
+
+fn main() {
+    let (seconds, runs) = settings();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let mut rows: Vec<(String, f64)> = Vec::new();
+    let mut report = |name: String, samples: Vec<f64>| {
+        let m = median(samples.clone());
+        eprintln!("{name}: median {m:.0} events/s of {samples:.0?}");
+        rows.push((name, m));
+    };
+
+    runtime.block_on(async {
+        for clients in [1, 8, 64] {
+            let name = format!("append, 1 event/request, {clients} concurrent clients");
+            if !selected(&name) {
+                continue;
+            }
+            let mut samples = Vec::new();
+            for run in 0..runs {
+                let server = Server::start(&scratch.path().join(format!("append-{clients}-{run}")));
+                samples.push(appends(&server.base, clients, 1, seconds).await);
+            }
+            report(name, samples);
+        }
+        for clients in [1, 8, 64] {
+            let name = format!("append, 1 event/request, {clients} concurrent lean clients");
+            if !selected(&name) {
+                continue;
+            }
+            let mut samples = Vec::new();
+            for run in 0..runs {
+                let server = Server::start(&scratch.path().join(format!("lean-{clients}-{run}")));
+                samples.push(lean_appends(&server.base, clients, seconds).await);
+            }
+            report(name, samples);
+        }
+        for clients in [1, 4] {
+            let name = format!("append, 1,000 events/request, {clients} concurrent clients");
+            if !selected(&name) {
+                continue;
+            }
+            let mut samples = Vec::new();
+            for run in 0..runs {
+                let server = Server::start(&scratch.path().join(format!("batch-{clients}-{run}")));
+                samples.push(appends(&server.base, clients, 1000, seconds).await);
+            }
+            report(name, samples);
+        }
+        let name = "append, 1,000 events/request, in-process Log::append (no HTTP)";
+        if selected(name) {
+            let mut samples = Vec::new();
+            for run in 0..runs {
+                samples.push(
+                    direct_batches(&scratch.path().join(format!("direct-{run}")), seconds).await,
+                );
+            }
+            report(name.into(), samples);
+        }
+        if !selected("read") {
+            return;
+        }
+
+        // Reads: a 1,000,000-event log with one 100,000-event stream in it.
+        let server = Server::start(&scratch.path().join("reads"));
+        let client = reqwest::Client::new();
+        let batch = serde_json::to_vec(&(0..1000).map(event).collect::<Vec<_>>()).unwrap();
+        for n in 0..1000 {
+            let stream = if n % 10 == 0 {
+                "order-read".to_owned()
+            } else {
+                format!("order-{}", n % 37)
+            };
+            let response = client
+                .post(format!("{}/streams/{stream}", server.base))
+                .header("content-type", "application/json")
+                .body(batch.clone())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 201);
+        }
+        let mut samples = Vec::new();
+        for _ in 0..runs {
+            let (events, rate) = ndjson_read(&server.base, "/streams/$all").await;
+            assert_eq!(events, 1_000_000);
+            samples.push(rate);
+        }
+        report("read $all as NDJSON (1,000,000 events)".into(), samples);
+        let mut samples = Vec::new();
+        for _ in 0..runs {
+            let (events, rate) = ndjson_read(&server.base, "/streams/order-read").await;
+            assert_eq!(events, 100_000);
+            samples.push(rate);
+        }
+        report("read one stream as NDJSON (100,000 events)".into(), samples);
+        let mut samples = Vec::new();
+        for _ in 0..runs {
+            samples.push(paged_read(&server.base, "/streams/order-read?limit=10000").await);
+        }
+        report(
+            "read one stream as JSON pages of 10,000 (100,000 events)".into(),
+            samples,
+        );
+        let mut samples = Vec::new();
+        for _ in 0..runs {
+            samples.push(
+                ndjson_read(&server.base, "/streams/$ce-order?from=1")
+                    .await
+                    .1,
+            );
+        }
+        report(
+            "read category $ce-order as NDJSON (1,000,000 events)".into(),
+            samples,
+        );
+    });
+
+    println!("| measurement | median events/s |\n|---|---:|");
+    for (name, rate) in rows {
+        println!("| {name} | {rate:.0} |");
+    }
+}
