@@ -103,6 +103,15 @@ async fn acknowledged_appends_survive_sigkill_exactly_once() {
             "{stream}"
         );
     }
+    // The stream and category indexes, rebuilt from the events on restart, agree with the log.
+    for stream in revisions.keys() {
+        let read = get_ndjson(&client, &server.url(&format!("/streams/{stream}"))).await;
+        let expected: Vec<&Value> = log.iter().filter(|e| e["stream"] == *stream).collect();
+        assert_eq!(read.iter().collect::<Vec<_>>(), expected, "{stream}");
+    }
+    let category = get_ndjson(&client, &server.url("/streams/$ce-order")).await;
+    assert_eq!(category, log, "every stream is in category order");
+
     // Every acknowledged event is there, where the acknowledgement said.
     for (sent, ack) in &acked {
         for (i, id) in sent.ids.iter().enumerate() {
