@@ -5,4 +5,5 @@
 
 pub mod http;
 pub mod log;
+pub mod runtime;
 pub mod server;

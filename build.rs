@@ -1,0 +1,56 @@
+//! Builds the guest components (the example projections and the test suite's hostile guests)
+//! for `wasm32-wasip2`, so nobody builds a `.wasm` by hand and none is committed. They go to
+//! their own target directory (an inner cargo cannot share the outer one's lock), and their
+//! folder is handed to the server and the tests as `PROJECTOR_GUESTS_DIR`.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// Crates built to components; the first three are bundled into the binary as examples.
+const GUESTS: &[&str] = &["stream-stats", "category-index", "order-summary", "hostile"];
+
+fn main() {
+    let root = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| root.join("target"), PathBuf::from)
+        .join("guests");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = Command::new(cargo);
+    build
+        .current_dir(&root)
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--target-dir",
+        ])
+        .arg(&target_dir);
+    for guest in GUESTS {
+        build.args(["-p", guest]);
+    }
+    // The outer build's flags are for the host target; they must not leak into wasm builds.
+    for var in [
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "RUSTC_WORKSPACE_WRAPPER",
+    ] {
+        build.env_remove(var);
+    }
+    let status = build
+        .status()
+        .expect("running cargo for the guest components");
+    assert!(
+        status.success(),
+        "building the guest components for wasm32-wasip2 failed (is the target installed? \
+         `rustup target add wasm32-wasip2`)"
+    );
+    let out = target_dir.join("wasm32-wasip2").join("release");
+    println!("cargo:rustc-env=PROJECTOR_GUESTS_DIR={}", out.display());
+    for watched in ["sdk", "projections", "tests/guests", "Cargo.lock"] {
+        println!("cargo:rerun-if-changed={}", root.join(watched).display());
+    }
+}

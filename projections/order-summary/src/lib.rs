@@ -1,0 +1,333 @@
+//! Example projection over the example shop (design notes, section 8): one document per
+//! order and one list per customer.
+//!
+//! Documents:
+//! - `order/<orderId>` → [`OrderSummary`]: customer, lines, total in cents, status;
+//! - `customer/<customerId>` → [`CustomerOrders`]: each of the customer's orders with its
+//!   status and total, kept in step with the order documents.
+//!
+//! Events of other types, and unknown fields, are ignored. An event of a known type whose
+//! data lacks a field it needs is refused, which faults the projection at that event.
+
+use std::collections::BTreeMap;
+
+use projector_sdk::{Error, Event, Projection, Subscription, View};
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    #[default]
+    Placed,
+    Shipped,
+    Cancelled,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Line {
+    pub sku: String,
+    pub quantity: u64,
+    pub unit_price_cents: u64,
+}
+
+#[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderSummary {
+    pub order_id: String,
+    pub customer_id: Option<String>,
+    pub status: Status,
+    pub lines: Vec<Line>,
+    pub total_cents: u64,
+    pub cancel_reason: Option<String>,
+    /// Position of the last event applied to this order.
+    pub last_position: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CustomerOrder {
+    pub status: Status,
+    pub total_cents: u64,
+}
+
+#[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CustomerOrders {
+    pub customer_id: String,
+    pub orders: BTreeMap<String, CustomerOrder>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct OrderPlaced {
+    order_id: String,
+    customer_id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ItemAdded {
+    order_id: String,
+    sku: String,
+    quantity: u64,
+    unit_price_cents: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ItemRemoved {
+    order_id: String,
+    sku: String,
+    quantity: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct OrderShipped {
+    order_id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct OrderCancelled {
+    order_id: String,
+    reason: String,
+}
+
+pub struct OrderSummaryProjection;
+
+impl Projection for OrderSummaryProjection {
+    fn subscription() -> Subscription {
+        Subscription::categories(["order"]).event_types([
+            "OrderPlaced",
+            "ItemAdded",
+            "ItemRemoved",
+            "OrderShipped",
+            "OrderCancelled",
+        ])
+    }
+
+    fn apply(view: &mut View, event: &Event) -> Result<(), Error> {
+        let (order_id, change): (String, Box<dyn FnOnce(&mut OrderSummary)>) =
+            match event.event_type {
+                "OrderPlaced" => {
+                    let e: OrderPlaced = event.data()?;
+                    (
+                        e.order_id,
+                        Box::new(move |o| o.customer_id = Some(e.customer_id)),
+                    )
+                }
+                "ItemAdded" => {
+                    let e: ItemAdded = event.data()?;
+                    (
+                        e.order_id,
+                        Box::new(move |o| add(o, e.sku, e.quantity, e.unit_price_cents)),
+                    )
+                }
+                "ItemRemoved" => {
+                    let e: ItemRemoved = event.data()?;
+                    (e.order_id, Box::new(move |o| remove(o, &e.sku, e.quantity)))
+                }
+                "OrderShipped" => {
+                    let e: OrderShipped = event.data()?;
+                    (e.order_id, Box::new(|o| o.status = Status::Shipped))
+                }
+                "OrderCancelled" => {
+                    let e: OrderCancelled = event.data()?;
+                    (
+                        e.order_id,
+                        Box::new(move |o| {
+                            o.status = Status::Cancelled;
+                            o.cancel_reason = Some(e.reason);
+                        }),
+                    )
+                }
+                _ => return Ok(()),
+            };
+        let position = event.position;
+        let order = view.update(&format!("order/{order_id}"), |o: &mut OrderSummary| {
+            o.order_id.clone_from(&order_id);
+            change(o);
+            o.total_cents = o
+                .lines
+                .iter()
+                .map(|l| l.quantity * l.unit_price_cents)
+                .sum();
+            o.last_position = position;
+            (o.customer_id.clone(), o.status.clone(), o.total_cents)
+        })?;
+        let (Some(customer_id), status, total_cents) = order else {
+            return Ok(());
+        };
+        view.update(
+            &format!("customer/{customer_id}"),
+            |c: &mut CustomerOrders| {
+                c.customer_id.clone_from(&customer_id);
+                c.orders.insert(
+                    order_id,
+                    CustomerOrder {
+                        status,
+                        total_cents,
+                    },
+                );
+            },
+        )
+    }
+}
+
+fn add(order: &mut OrderSummary, sku: String, quantity: u64, unit_price_cents: u64) {
+    match order.lines.iter_mut().find(|l| l.sku == sku) {
+        Some(line) => {
+            line.quantity += quantity;
+            line.unit_price_cents = unit_price_cents;
+        }
+        None => order.lines.push(Line {
+            sku,
+            quantity,
+            unit_price_cents,
+        }),
+    }
+}
+
+fn remove(order: &mut OrderSummary, sku: &str, quantity: u64) {
+    if let Some(line) = order.lines.iter_mut().find(|l| l.sku == sku) {
+        line.quantity = line.quantity.saturating_sub(quantity);
+    }
+    order.lines.retain(|l| l.quantity > 0);
+}
+
+projector_sdk::export!(OrderSummaryProjection);
+
+#[cfg(test)]
+mod tests {
+    use projector_sdk::harness::Harness;
+    use serde_json::json;
+
+    use super::*;
+
+    fn shop() -> Harness<OrderSummaryProjection> {
+        let mut run = Harness::new();
+        run.append(
+            "order-1",
+            "OrderPlaced",
+            json!({"orderId": "1", "customerId": "c-1"}),
+        );
+        run.append(
+            "order-1",
+            "ItemAdded",
+            json!({"orderId": "1", "sku": "tea", "quantity": 2, "unitPriceCents": 450}),
+        );
+        run.append(
+            "order-1",
+            "ItemAdded",
+            json!({"orderId": "1", "sku": "cup", "quantity": 1, "unitPriceCents": 1200, "gift": true}),
+        );
+        run.append(
+            "order-2",
+            "OrderPlaced",
+            json!({"orderId": "2", "customerId": "c-1"}),
+        );
+        run
+    }
+
+    #[test]
+    fn builds_an_order_document() {
+        let mut run = shop();
+        run.append(
+            "order-1",
+            "ItemRemoved",
+            json!({"orderId": "1", "sku": "tea", "quantity": 1}),
+        );
+        run.append("order-1", "OrderShipped", json!({"orderId": "1"}));
+        assert_eq!(
+            run.document("order/1"),
+            Some(json!({
+                "orderId": "1", "customerId": "c-1", "status": "shipped",
+                "lines": [
+                    {"sku": "tea", "quantity": 1, "unitPriceCents": 450},
+                    {"sku": "cup", "quantity": 1, "unitPriceCents": 1200},
+                ],
+                "totalCents": 1650, "cancelReason": null, "lastPosition": 6,
+            }))
+        );
+    }
+
+    #[test]
+    fn keeps_the_customer_list_in_step() {
+        let mut run = shop();
+        run.append(
+            "order-2",
+            "OrderCancelled",
+            json!({"orderId": "2", "reason": "changed mind"}),
+        );
+        assert_eq!(
+            run.document("customer/c-1"),
+            Some(json!({
+                "customerId": "c-1",
+                "orders": {
+                    "1": {"status": "placed", "totalCents": 2100},
+                    "2": {"status": "cancelled", "totalCents": 0},
+                },
+            }))
+        );
+        assert_eq!(
+            run.get::<OrderSummary>("order/2")
+                .unwrap()
+                .cancel_reason
+                .as_deref(),
+            Some("changed mind")
+        );
+    }
+
+    #[test]
+    fn removing_a_whole_line_drops_it_and_unknown_events_are_ignored() {
+        let mut run = shop();
+        run.append(
+            "order-1",
+            "ItemRemoved",
+            json!({"orderId": "1", "sku": "tea", "quantity": 5}),
+        );
+        run.append("order-1", "GiftWrapped", json!({"orderId": "1"}));
+        run.append(
+            "user-1",
+            "OrderPlaced",
+            json!({"orderId": "9", "customerId": "c-9"}),
+        );
+        let order = run.get::<OrderSummary>("order/1").unwrap();
+        assert_eq!(order.lines.len(), 1);
+        assert_eq!(order.total_cents, 1200);
+        assert!(
+            run.document("order/9").is_none(),
+            "user-1 is not in category order"
+        );
+    }
+
+    #[test]
+    fn a_known_event_without_its_fields_is_refused() {
+        let mut run = shop();
+        run.record(
+            "order-1",
+            "ItemAdded",
+            json!({"orderId": "1", "sku": "tea"}),
+        );
+        let error = run.catch_up(10).unwrap_err();
+        assert!(error.to_string().contains("quantity"), "{error}");
+    }
+
+    #[test]
+    fn batch_size_does_not_change_the_view() {
+        let mut whole = shop();
+        let mut pieces = Harness::<OrderSummaryProjection>::new();
+        for e in whole.log().to_vec() {
+            pieces.record(
+                &e.stream,
+                &e.event_type,
+                serde_json::from_slice(&e.data).unwrap(),
+            );
+        }
+        pieces.catch_up(1).unwrap();
+        whole.catch_up(usize::MAX).unwrap();
+        assert_eq!(whole.view(), pieces.view());
+    }
+}

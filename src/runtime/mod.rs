@@ -1,0 +1,347 @@
+//! The WebAssembly runtime: the only module that knows wasmtime.
+//!
+//! It compiles projection components (off the reactor, cached on disk by content hash), checks
+//! them against the WIT world in `sdk/wit`, and runs one batch at a time in a fresh instance
+//! under limits: fuel proportional to the batch (deterministic, so a runaway batch fails the
+//! same way on every replay), an epoch deadline as the wall-clock backstop, a memory cap, and
+//! a cap on the bytes a batch writes. Guests get WASI only as far as a `wasm32-wasip2`
+//! component needs to instantiate: no files, network or environment; the clocks stand still
+//! and randomness is a fixed sequence, so a view stays a pure function of the events; what
+//! they print becomes log lines tagged with the projection.
+
+mod guest;
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, Store, Trap};
+
+use guest::{GuestState, bindings};
+
+pub use guest::ViewReader;
+pub use projector_sdk::Subscription;
+
+/// How often the epoch advances; the unit of [`Limits::deadline`].
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// What one call into a guest may use.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Fuel for a call, plus `fuel_per_event` for each event in its batch.
+    pub fuel_base: u64,
+    pub fuel_per_event: u64,
+    /// Wall-clock backstop for one call.
+    pub deadline: Duration,
+    /// Largest linear memory a guest may grow to.
+    pub memory_bytes: usize,
+    /// Most bytes (keys and values) one batch may write to the view.
+    pub written_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            fuel_base: 50_000_000,
+            fuel_per_event: 1_000_000,
+            deadline: Duration::from_secs(10),
+            memory_bytes: 128 * 1024 * 1024,
+            written_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// The content hash of a projection's `.wasm`, which names its version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct VersionHash([u8; 32]);
+
+impl VersionHash {
+    pub fn of(bytes: &[u8]) -> Self {
+        VersionHash(Sha256::digest(bytes).into())
+    }
+
+    /// The first 16 hex digits: enough to tell versions apart in names and status.
+    pub fn short(&self) -> String {
+        self.0[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl std::fmt::Display for VersionHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("not a valid projection component: {0}")]
+    Invalid(String),
+    #[error("the component does not implement the projection world: {0}")]
+    Contract(String),
+    #[error("calling subscription failed: {0}")]
+    Subscription(Fault),
+    #[error("compile cache: {0}")]
+    Cache(#[from] std::io::Error),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("starting the wasm engine: {0}")]
+pub struct EngineError(String);
+
+/// Why a call into a guest failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fault {
+    pub kind: FaultKind,
+    pub message: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    /// `apply` returned an error.
+    Refused,
+    /// The guest trapped (a panic, an out-of-bounds access, ...).
+    Trap,
+    /// The batch used up its fuel.
+    OutOfFuel,
+    /// The call ran past its wall-clock deadline.
+    Deadline,
+    /// The guest tried to grow its memory past the cap.
+    Memory,
+    /// The batch wrote more than the cap, or an invalid key.
+    Writes,
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// The view changes of one batch: key → new document, or `None` for a delete.
+pub type Changes = HashMap<String, Option<Vec<u8>>>;
+
+/// The engine and linker shared by every projection.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<GuestState>,
+    cache_dir: PathBuf,
+    limits: Limits,
+    ticker: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+}
+
+impl Runtime {
+    pub fn new(cache_dir: &Path, limits: Limits) -> Result<Self, EngineError> {
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .concurrency_support(false)
+            .consume_fuel(true)
+            .epoch_interruption(true)
+            .cranelift_nan_canonicalization(true);
+        let engine = Engine::new(&config).map_err(|e| EngineError(e.to_string()))?;
+        let mut linker = Linker::new(&engine);
+        guest::add_to_linker(&mut linker).map_err(|e| EngineError(e.to_string()))?;
+        std::fs::create_dir_all(cache_dir).map_err(|e| EngineError(e.to_string()))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let ticker = {
+            let (engine, stop) = (engine.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("wasm-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(EPOCH_TICK);
+                        engine.increment_epoch();
+                    }
+                })
+                .map_err(|e| EngineError(e.to_string()))?
+        };
+        Ok(Runtime {
+            engine,
+            linker,
+            cache_dir: cache_dir.to_owned(),
+            limits,
+            ticker: Some((stop, ticker)),
+        })
+    }
+
+    /// Compiles (or loads from the cache) a projection's component, links it, and asks it for
+    /// its subscription. Blocking: compiling takes tens of milliseconds or more.
+    pub fn load(&self, name: &str, bytes: &[u8]) -> Result<Code, LoadError> {
+        let hash = VersionHash::of(bytes);
+        let component = self.compile(hash, bytes)?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Contract(format!("{e:#}")))?;
+        let pre =
+            bindings::ProjectionPre::new(pre).map_err(|e| LoadError::Contract(format!("{e:#}")))?;
+        let mut code = Code {
+            name: name.to_owned(),
+            hash,
+            pre,
+            limits: self.limits.clone(),
+            subscription: Subscription::all(),
+        };
+        code.subscription = code.call_subscription().map_err(LoadError::Subscription)?;
+        Ok(code)
+    }
+
+    fn compile(&self, hash: VersionHash, bytes: &[u8]) -> Result<Component, LoadError> {
+        let mut engine_hash = std::hash::DefaultHasher::new();
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut engine_hash);
+        let path = self
+            .cache_dir
+            .join(format!("{hash}-{:016x}.cwasm", engine_hash.finish()));
+        if path.exists() {
+            // SAFETY: files in the cache directory are written only by `compile` below, from
+            // this engine's own `precompile_component`, and renamed into place when complete.
+            match unsafe { Component::deserialize_file(&self.engine, &path) } {
+                Ok(component) => return Ok(component),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "recompiling a bad cache entry")
+                }
+            }
+        }
+        let compiled = self
+            .engine
+            .precompile_component(bytes)
+            .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let partial = path.with_extension("partial");
+        std::fs::write(&partial, &compiled)?;
+        std::fs::rename(&partial, &path)?;
+        // SAFETY: as above; this is the artifact just produced by this engine.
+        unsafe { Component::deserialize(&self.engine, &compiled) }
+            .map_err(|e| LoadError::Invalid(format!("{e:#}")))
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if let Some((stop, thread)) = self.ticker.take() {
+            stop.store(true, Ordering::Relaxed);
+            let _ = thread.join();
+        }
+    }
+}
+
+/// One loaded projection version, ready to run batches. Cheap to share between threads.
+pub struct Code {
+    name: String,
+    hash: VersionHash,
+    pre: bindings::ProjectionPre<GuestState>,
+    limits: Limits,
+    subscription: Subscription,
+}
+
+/// What a successful `apply` produced.
+pub struct Applied {
+    pub changes: Changes,
+    /// Fuel the call used.
+    pub fuel: u64,
+}
+
+impl Code {
+    pub fn hash(&self) -> VersionHash {
+        self.hash
+    }
+
+    pub fn subscription(&self) -> &Subscription {
+        &self.subscription
+    }
+
+    /// Applies a framed batch of `events` events in a fresh instance. Reads the view through
+    /// `reader`; the batch's writes come back as [`Applied::changes`], for the caller to
+    /// commit. Blocking: call from a worker thread.
+    pub fn apply(
+        &self,
+        batch: &[u8],
+        events: usize,
+        reader: Box<dyn ViewReader>,
+    ) -> Result<Applied, Fault> {
+        let fuel = self
+            .limits
+            .fuel_base
+            .saturating_add(self.limits.fuel_per_event.saturating_mul(events as u64));
+        let mut store = self.store(reader, fuel);
+        let result = self
+            .pre
+            .instantiate(&mut store)
+            .and_then(|instance| instance.call_apply(&mut store, batch));
+        let used = fuel - store.get_fuel().unwrap_or(0);
+        let outcome = match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(message)) => Err(Fault {
+                kind: FaultKind::Refused,
+                message,
+            }),
+            Err(e) => Err(self.classify(&store, e)),
+        };
+        let state = store.into_data();
+        state.log_output(&self.name);
+        outcome.map(|()| Applied {
+            changes: state.into_changes(),
+            fuel: used,
+        })
+    }
+
+    fn call_subscription(&self) -> Result<Subscription, Fault> {
+        let mut store = self.store(Box::new(guest::EmptyView), self.limits.fuel_base);
+        let result = self
+            .pre
+            .instantiate(&mut store)
+            .and_then(|instance| instance.call_subscription(&mut store));
+        let outcome = result.map_err(|e| self.classify(&store, e));
+        store.into_data().log_output(&self.name);
+        let s = outcome?;
+        Ok(Subscription {
+            streams: s.streams,
+            categories: s.categories,
+            event_types: s.event_types,
+        })
+    }
+
+    fn store(&self, reader: Box<dyn ViewReader>, fuel: u64) -> Store<GuestState> {
+        let state = GuestState::new(reader, &self.limits);
+        let mut store = Store::new(self.pre.engine(), state);
+        store.limiter(|s| s.limiter());
+        store.set_fuel(fuel).expect("fuel is enabled on the engine");
+        let ticks = (self.limits.deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
+        store.set_epoch_deadline(ticks);
+        store.epoch_deadline_trap();
+        store
+    }
+
+    fn classify(&self, store: &Store<GuestState>, error: wasmtime::Error) -> Fault {
+        let message = format!("{error:#}");
+        let kind = if let Some(kind) = store.data().limit_hit() {
+            kind
+        } else {
+            match error.downcast_ref::<Trap>() {
+                Some(Trap::OutOfFuel) => FaultKind::OutOfFuel,
+                Some(Trap::Interrupt) => FaultKind::Deadline,
+                _ => FaultKind::Trap,
+            }
+        };
+        let message = match kind {
+            FaultKind::OutOfFuel => format!("the batch ran out of fuel ({message})"),
+            FaultKind::Deadline => format!(
+                "the call ran past its deadline of {:?} ({message})",
+                self.limits.deadline
+            ),
+            _ => message,
+        };
+        Fault { kind, message }
+    }
+}

@@ -1,0 +1,51 @@
+//! A projection that misbehaves on demand, to show that the server isolates it. It reads the
+//! `hostile` category and counts events under `count`, except for these event types:
+//!
+//! - `Loop`: spins forever;
+//! - `Bomb`: allocates memory until something stops it;
+//! - `Panic`: panics (a trap);
+//! - `Refuse`: returns an error;
+//! - `Flood`: writes 1 MiB documents without end;
+//! - `Print`: prints its data to stdout and counts it like any other event.
+
+use projector_sdk::{Error, Event, Projection, Subscription, View};
+
+pub struct Hostile;
+
+impl Projection for Hostile {
+    fn subscription() -> Subscription {
+        Subscription::categories(["hostile"])
+    }
+
+    fn apply(view: &mut View, event: &Event) -> Result<(), Error> {
+        match event.event_type {
+            "Loop" => {
+                let mut n: u64 = 0;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            "Bomb" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "Panic" => panic!("asked to panic at position {}", event.position),
+            "Refuse" => return Err(Error::new("asked to refuse this event")),
+            "Flood" => {
+                let big = vec![b'x'; 1 << 20];
+                for n in 0u64.. {
+                    view.put_bytes(&format!("flood/{n}"), big.clone());
+                    view.flush_pending()?;
+                }
+            }
+            "Print" => println!("{}", String::from_utf8_lossy(event.data)),
+            _ => {}
+        }
+        view.update("count", |n: &mut u64| *n += 1)
+    }
+}
+
+projector_sdk::export!(Hostile);
