@@ -6,4 +6,6 @@
 pub mod http;
 pub mod log;
 pub mod runtime;
+pub mod scheduler;
+pub mod views;
 pub mod server;

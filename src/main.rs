@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+use projector::runtime::Limits;
 use projector::server::{self, ServeConfig};
 
 #[derive(Parser)]
@@ -37,6 +38,24 @@ enum Command {
         /// Seconds between keep-alive comments on idle live (SSE) subscriptions.
         #[arg(long, env = "PROJECTOR_SSE_KEEP_ALIVE", default_value_t = 15)]
         sse_keep_alive: u64,
+        /// Worker threads running projections (default: the number of cores).
+        #[arg(long, env = "PROJECTOR_WORKERS")]
+        workers: Option<usize>,
+        /// Fuel (about one wasm instruction each) a projection may use per event of a batch.
+        #[arg(long, env = "PROJECTOR_FUEL_PER_EVENT", default_value_t = Limits::default().fuel_per_event)]
+        fuel_per_event: u64,
+        /// Fuel a projection may use per batch, on top of the per-event fuel.
+        #[arg(long, env = "PROJECTOR_FUEL_PER_BATCH", default_value_t = Limits::default().fuel_base)]
+        fuel_per_batch: u64,
+        /// Most memory a projection may grow to, in MiB.
+        #[arg(long, env = "PROJECTOR_GUEST_MEMORY_MIB", default_value_t = 128)]
+        guest_memory_mib: usize,
+        /// Most bytes a projection may write to its view per batch, in MiB.
+        #[arg(long, env = "PROJECTOR_GUEST_WRITES_MIB", default_value_t = 64)]
+        guest_writes_mib: u64,
+        /// Wall-clock limit of one call into a projection, in seconds.
+        #[arg(long, env = "PROJECTOR_GUEST_DEADLINE", default_value_t = 10)]
+        guest_deadline: u64,
     },
 }
 
@@ -54,12 +73,28 @@ async fn main() -> anyhow::Result<()> {
             projections,
             listen,
             sse_keep_alive,
+            workers,
+            fuel_per_event,
+            fuel_per_batch,
+            guest_memory_mib,
+            guest_writes_mib,
+            guest_deadline,
         } => {
             let config = ServeConfig {
                 data,
                 projections,
                 listen,
                 sse_keep_alive: Duration::from_secs(sse_keep_alive.max(1)),
+                workers: workers.unwrap_or_else(|| {
+                    std::thread::available_parallelism().map_or(2, |n| n.get())
+                }),
+                limits: Limits {
+                    fuel_base: fuel_per_batch,
+                    fuel_per_event,
+                    deadline: Duration::from_secs(guest_deadline.max(1)),
+                    memory_bytes: guest_memory_mib.saturating_mul(1024 * 1024),
+                    written_bytes: guest_writes_mib.saturating_mul(1024 * 1024),
+                },
             };
             server::serve(config, server::shutdown_signal())
                 .await

@@ -5,7 +5,8 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -13,6 +14,24 @@ use tokio::sync::watch;
 
 use crate::http::{self, AppState};
 use crate::log::{Log, StorageError};
+use crate::runtime::Limits;
+use crate::scheduler::{Projections, SchedulerConfig, SchedulerError};
+
+/// The example projections, built from `projections/` to components by the build script.
+const EXAMPLES: &[(&str, &[u8])] = &[
+    (
+        "stream-stats",
+        include_bytes!(concat!(env!("PROJECTOR_GUESTS_DIR"), "/stream_stats.wasm")),
+    ),
+    (
+        "category-index",
+        include_bytes!(concat!(env!("PROJECTOR_GUESTS_DIR"), "/category_index.wasm")),
+    ),
+    (
+        "order-summary",
+        include_bytes!(concat!(env!("PROJECTOR_GUESTS_DIR"), "/order_summary.wasm")),
+    ),
+];
 
 pub struct ServeConfig {
     /// Directory holding `log.redb` (created when missing).
@@ -22,6 +41,9 @@ pub struct ServeConfig {
     /// Address to listen on; port 0 picks a free port.
     pub listen: SocketAddr,
     pub sse_keep_alive: Duration,
+    /// Worker threads running projections.
+    pub workers: usize,
+    pub limits: Limits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +60,8 @@ pub enum ServeError {
         path: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Scheduler(#[from] SchedulerError),
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
     #[error("a start-up task failed: {0}")]
@@ -50,7 +74,7 @@ pub async fn serve(
     config: ServeConfig,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    std::fs::create_dir_all(&config.projections).map_err(|source| ServeError::Projections {
+    seed_projections(&config.projections).map_err(|source| ServeError::Projections {
         path: config.projections.display().to_string(),
         source,
     })?;
@@ -58,6 +82,18 @@ pub async fn serve(
     let (log, writer) = tokio::task::spawn_blocking(move || Log::open(&data)).await??;
     let head = *log.head().borrow();
     tracing::info!(data = %config.data.display(), head, "log opened");
+    let scheduler = SchedulerConfig {
+        projections: config.projections.clone(),
+        views: config.data.join("views"),
+        cache: config.data.join("cache"),
+        workers: config.workers,
+        limits: config.limits.clone(),
+    };
+    let (handle, reading) = (tokio::runtime::Handle::current(), log.clone());
+    let projections = Arc::new(
+        tokio::task::spawn_blocking(move || Projections::start(scheduler, &reading, handle))
+            .await??,
+    );
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -71,6 +107,7 @@ pub async fn serve(
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let app = http::router(AppState {
         log,
+        projections: projections.clone(),
         shutdown: shutdown_rx,
         sse_keep_alive: config.sse_keep_alive,
     });
@@ -81,9 +118,25 @@ pub async fn serve(
             shutdown_tx.send_replace(true);
         })
         .await?;
-    // The router, and with it every log handle, is gone: the writer finishes and stops.
+    // The router is gone. Stop the projections (their views' checkpoints made durable), then
+    // the writer: with every log handle dropped it commits what is queued and stops.
+    tokio::task::spawn_blocking(move || projections.shutdown()).await?;
     tokio::task::spawn_blocking(move || writer.join()).await?;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Creates the projections folder if it does not exist yet, with the example projections in
+/// it, so a fresh server has something to show. An existing folder is left as it is.
+fn seed_projections(folder: &Path) -> std::io::Result<()> {
+    if folder.exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(folder)?;
+    for (name, wasm) in EXAMPLES {
+        std::fs::write(folder.join(format!("{name}.wasm")), wasm)?;
+    }
+    tracing::info!(folder = %folder.display(), "created the projections folder with the examples");
     Ok(())
 }
 

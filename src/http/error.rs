@@ -34,6 +34,16 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, code, message)
     }
 
+    /// A failure of the server itself (storage), logged and reported as 500.
+    pub fn internal(error: impl std::fmt::Display) -> Self {
+        tracing::error!(%error, "request failed");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            error.to_string(),
+        )
+    }
+
     /// Says which part of the request the error is about.
     pub fn context(mut self, context: String) -> Self {
         self.message = format!("{context}: {}", self.message);

@@ -1,4 +1,5 @@
-//! The HTTP API (axum): appends and reads of raw streams, live subscriptions, health.
+//! The HTTP API (axum): appends and reads of raw streams, live subscriptions, projection
+//! status and views, health.
 //!
 //! Handlers never block the reactor: appends await the log writer, reads run on tokio's
 //! blocking pool. Every error is JSON (`error::ApiError`), including unknown routes and
@@ -7,8 +8,10 @@
 mod encode;
 mod error;
 mod live;
+mod projections;
 mod streams;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -22,6 +25,7 @@ pub use error::ApiError;
 pub use streams::NDJSON;
 
 use crate::log::Log;
+use crate::scheduler::Projections;
 
 /// Largest request body. An append of `MAX_EVENTS_PER_APPEND` small events fits; a larger
 /// body is refused with 413 before it is buffered.
@@ -30,6 +34,7 @@ pub const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 #[derive(Clone)]
 pub struct AppState {
     pub log: Log,
+    pub projections: Arc<Projections>,
     /// Turns true when the server shuts down, which ends live subscriptions.
     pub shutdown: watch::Receiver<bool>,
     /// How often an idle live subscription sends an SSE comment, so proxies keep it open.
@@ -44,6 +49,10 @@ pub fn router(state: AppState) -> Router {
             get(streams::read).post(streams::append),
         )
         .route("/streams/{stream}/live", get(live::subscribe))
+        .route("/projections", get(projections::list))
+        .route("/projections/{name}", get(projections::status))
+        .route("/projections/{name}/view", get(projections::page))
+        .route("/projections/{name}/view/{*key}", get(projections::document))
         .fallback(|| async { ApiError::not_found("not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

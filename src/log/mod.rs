@@ -131,6 +131,29 @@ impl LogReader {
         self.store.read(source, from, direction, limit, until)
     }
 
+    /// Up to `limit` events of `source` with positions after `after` and up to `until`, in
+    /// log order: how a reader that remembers only a position (a projection's checkpoint)
+    /// resumes in any source.
+    pub fn read_after(
+        &self,
+        source: &Source,
+        after: Position,
+        limit: usize,
+        until: Position,
+    ) -> Result<Vec<RecordedEvent>, StorageError> {
+        let from = match source {
+            Source::Stream(name) => match self.store.revision_after(name.as_str(), after)? {
+                Some(revision) => revision,
+                None => return Ok(Vec::new()),
+            },
+            Source::All | Source::Category(_) => after + 1,
+        };
+        Ok(self
+            .store
+            .read(source, Some(from), Direction::Forward, limit, until)?
+            .unwrap_or_default())
+    }
+
     /// The stream name and revision of the event at `position`.
     pub fn locate(&self, position: Position) -> Result<Option<(String, u64)>, StorageError> {
         self.store.locate(position)

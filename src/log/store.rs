@@ -342,6 +342,40 @@ impl Store {
         Ok(out)
     }
 
+    /// The revision of the first event of `stream` after `position`, if there is one: where a
+    /// reader that follows the log by position resumes in one stream.
+    pub fn revision_after(
+        &self,
+        stream: &str,
+        position: Position,
+    ) -> Result<Option<u64>, StorageError> {
+        let (txn, recent) = {
+            let tail = self.tail.read().expect("tail lock");
+            let txn = self.db.begin_read()?;
+            let indexed = indexed_through(&txn)?;
+            let recent: Vec<(u64, Position, u64)> = tail
+                .extents
+                .iter()
+                .filter(|e| e.first_position > indexed && e.stream == stream)
+                .map(|e| (e.first_revision, e.first_position, e.count))
+                .collect();
+            (txn, recent)
+        };
+        let resume = |(first_revision, first_position, count): (u64, Position, u64)| {
+            (first_position + count - 1 > position)
+                .then(|| first_revision + position.saturating_add(1).saturating_sub(first_position))
+        };
+        let extents = txn.open_table(STREAM_EXTENTS)?;
+        for item in extents.range((stream, 0)..=(stream, u64::MAX))? {
+            let (key, value) = item?;
+            let (first_position, count) = value.value();
+            if let Some(revision) = resume((key.value().1, first_position, count)) {
+                return Ok(Some(revision));
+            }
+        }
+        Ok(recent.into_iter().find_map(resume))
+    }
+
     /// The stream and revision of the event at `position`, if there is one.
     pub fn locate(&self, position: Position) -> Result<Option<(String, u64)>, StorageError> {
         let txn = self.db.begin_read()?;

@@ -297,6 +297,16 @@ fn assert_indexes_match_the_log(log: &Log, all: &[RecordedEvent]) {
                 .collect();
             assert_eq!(page.iter().collect::<Vec<_>>(), want);
         }
+        for after in 0..=all.len() as u64 {
+            let page = reader.read_after(&source, after, 2, u64::MAX).unwrap();
+            let want: Vec<&RecordedEvent> = expected
+                .iter()
+                .filter(|e| e.position > after)
+                .take(2)
+                .copied()
+                .collect();
+            assert_eq!(page.iter().collect::<Vec<_>>(), want, "{source:?} after {after}");
+        }
     }
 }
 

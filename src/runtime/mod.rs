@@ -119,6 +119,9 @@ pub enum FaultKind {
     Memory,
     /// The batch wrote more than the cap, or an invalid key.
     Writes,
+    /// The host failed around the call (reading the log or the view, committing): not the
+    /// guest's doing, but it stops the projection all the same until a retry succeeds.
+    Host,
 }
 
 impl std::fmt::Display for Fault {
@@ -345,3 +348,6 @@ impl Code {
         Fault { kind, message }
     }
 }
+
+#[cfg(test)]
+mod tests;

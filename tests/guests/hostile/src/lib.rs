@@ -28,7 +28,7 @@ impl Projection for Hostile {
             "Bomb" => {
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
                 loop {
-                    hoard.push(vec![1; 1 << 20]);
+                    hoard.push(vec![0; 16 << 20]);
                     std::hint::black_box(&hoard);
                 }
             }

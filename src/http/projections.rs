@@ -1,0 +1,171 @@
+//! Projection status and views over HTTP. View reads run on the blocking pool (redb), and may
+//! wait (`wait_for=<position>`) until the projection has applied a position: read-your-writes
+//! after an append.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::AppState;
+use super::error::{ApiError, rejection};
+use crate::log::Position;
+use crate::scheduler::Projections;
+use crate::views::ViewStore;
+
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+const DEFAULT_WAIT: Duration = Duration::from_secs(5);
+const MAX_WAIT: Duration = Duration::from_secs(30);
+
+/// `GET /projections`
+pub async fn list(State(state): State<AppState>) -> impl IntoResponse {
+    let p = &state.projections;
+    let all: Vec<_> = p.names().iter().filter_map(|n| p.status(n)).collect();
+    axum::Json(serde_json::json!({ "projections": all }))
+}
+
+/// `GET /projections/{name}`
+pub async fn status(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path(name) = path.map_err(|r| rejection("invalid_path", r))?;
+    let status = state
+        .projections
+        .status(&name)
+        .ok_or_else(|| unknown(&name))?;
+    Ok(axum::Json(status).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct WaitParams {
+    /// Answer only once the projection has applied this position.
+    wait_for: Option<Position>,
+    /// How long to wait for it, in milliseconds (default 5,000, at most 30,000).
+    timeout_ms: Option<u64>,
+}
+
+/// `GET /projections/{name}/view/{key}`: the document, as stored.
+pub async fn document(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    query: Result<Query<WaitParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Path((name, key)) = path.map_err(|r| rejection("invalid_path", r))?;
+    let Query(wait) = query.map_err(|r| rejection("invalid_query", r))?;
+    let view = ready_view(&state.projections, &name, &wait).await?;
+    let found = tokio::task::spawn_blocking(move || view.get(&key).map(|d| (key, d)))
+        .await?
+        .map_err(ApiError::internal)?;
+    match found {
+        (_, Some(document)) => Ok((
+            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            document,
+        )
+            .into_response()),
+        (key, None) => Err(ApiError::not_found(
+            "document_not_found",
+            format!("projection {name:?} has no document {key:?}"),
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct PageParams {
+    #[serde(default)]
+    prefix: String,
+    after: Option<String>,
+    limit: Option<usize>,
+    #[serde(flatten)]
+    wait: WaitParams,
+}
+
+/// `GET /projections/{name}/view?prefix=&after=&limit=`: documents in key order.
+pub async fn page(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<PageParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Path(name) = path.map_err(|r| rejection("invalid_path", r))?;
+    let Query(params) = query.map_err(|r| rejection("invalid_query", r))?;
+    let limit = params.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit must be 1 to {MAX_PAGE}"),
+        ));
+    }
+    let view = ready_view(&state.projections, &name, &params.wait).await?;
+    let (prefix, after) = (params.prefix, params.after);
+    let (documents, position, prefix) = tokio::task::spawn_blocking(move || {
+        // One more than the page shows whether a next page exists.
+        view.page(&prefix, after.as_deref(), limit + 1)
+            .map(|(d, p)| (d, p, prefix))
+    })
+    .await?
+    .map_err(ApiError::internal)?;
+    let more = documents.len() > limit;
+    let mut items = Vec::with_capacity(limit);
+    for d in documents.into_iter().take(limit) {
+        let value = String::from_utf8(d.value)
+            .ok()
+            .and_then(|text| RawValue::from_string(text).ok())
+            .ok_or_else(|| {
+                ApiError::internal(format!("document {:?} is not JSON", d.key))
+            })?;
+        items.push(serde_json::json!({ "key": d.key, "value": value }));
+    }
+    let next = match items.last() {
+        Some(last) if more => {
+            let last = last["key"].as_str().unwrap_or_default();
+            Some(format!(
+                "/projections/{name}/view?prefix={}&after={}&limit={limit}",
+                utf8_percent_encode(&prefix, NON_ALPHANUMERIC),
+                utf8_percent_encode(last, NON_ALPHANUMERIC)
+            ))
+        }
+        _ => None,
+    };
+    Ok(axum::Json(serde_json::json!({
+        "documents": items,
+        "next": next,
+        "position": position,
+    }))
+    .into_response())
+}
+
+async fn ready_view(
+    projections: &Arc<Projections>,
+    name: &str,
+    wait: &WaitParams,
+) -> Result<ViewStore, ApiError> {
+    let view = projections.view(name).ok_or_else(|| unknown(name))?;
+    if let Some(position) = wait.wait_for {
+        let timeout = wait
+            .timeout_ms
+            .map_or(DEFAULT_WAIT, Duration::from_millis)
+            .min(MAX_WAIT);
+        if !projections.wait_for(name, position, timeout).await {
+            return Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "wait_timeout",
+                format!("projection {name:?} did not reach position {position} within {timeout:?}"),
+            ));
+        }
+    }
+    Ok(view)
+}
+
+fn unknown(name: &str) -> ApiError {
+    ApiError::not_found(
+        "projection_not_found",
+        format!("no projection named {name:?} is loaded"),
+    )
+}

@@ -1,0 +1,127 @@
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use projector_sdk::{Event, frame};
+
+use super::*;
+
+fn guest(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("PROJECTOR_GUESTS_DIR")).join(format!("{name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn batch(events: &[(&str, &str, &str)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, (stream, event_type, data)) in events.iter().enumerate() {
+        frame::encode(
+            &mut out,
+            &Event {
+                position: i as u64 + 1,
+                revision: 0,
+                recorded_at: 0,
+                id: [0; 16],
+                stream,
+                event_type,
+                data: data.as_bytes(),
+                metadata: b"",
+            },
+        );
+    }
+    out
+}
+
+/// A view held in a map, shared with the test.
+struct MapView(Arc<Mutex<HashMap<String, Vec<u8>>>>);
+
+impl ViewReader for MapView {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        Ok(self.0.lock().unwrap().get(key).cloned())
+    }
+}
+
+fn runtime(limits: Limits) -> (tempfile::TempDir, Runtime) {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = Runtime::new(dir.path(), limits).unwrap();
+    (dir, runtime)
+}
+
+#[test]
+fn runs_a_projection_and_returns_its_writes() {
+    let (_dir, runtime) = runtime(Limits::default());
+    let code = runtime.load("stats", &guest("stream_stats")).unwrap();
+    assert_eq!(code.subscription(), &Subscription::all());
+    let docs = Arc::new(Mutex::new(HashMap::new()));
+    docs.lock()
+        .unwrap()
+        .insert("total".to_owned(), br#"{"events":10,"streams":2,"lastPosition":0}"#.to_vec());
+    let events = [("order-1", "A", "{}"), ("order-2", "B", "{}"), ("order-1", "C", "{}")];
+    let applied = code
+        .apply(&batch(&events), events.len(), Box::new(MapView(docs)))
+        .unwrap();
+    let doc = |k: &str| -> serde_json::Value {
+        serde_json::from_slice(applied.changes[k].as_ref().unwrap()).unwrap()
+    };
+    assert_eq!(doc("total"), serde_json::json!({"events": 13, "streams": 4, "lastPosition": 3}));
+    assert_eq!(doc("stream/order-1")["events"], 2);
+    assert!(applied.fuel > 0);
+}
+
+#[test]
+fn the_compiled_component_is_cached_by_content() {
+    let (dir, runtime) = runtime(Limits::default());
+    runtime.load("a", &guest("stream_stats")).unwrap();
+    runtime.load("b", &guest("stream_stats")).unwrap();
+    let cached: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(cached.len(), 1);
+}
+
+#[test]
+fn hostile_guests_fault_with_the_reason() {
+    let limits = Limits {
+        fuel_base: 20_000_000,
+        fuel_per_event: 0,
+        deadline: Duration::from_secs(5),
+        memory_bytes: 32 * 1024 * 1024,
+        written_bytes: 8 * 1024 * 1024,
+    };
+    let (_dir, runtime) = runtime(limits);
+    let code = runtime.load("hostile", &guest("hostile")).unwrap();
+    let empty = || Box::new(EmptyViewForTest);
+    for (event_type, kind) in [
+        ("Loop", FaultKind::OutOfFuel),
+        ("Bomb", FaultKind::Memory),
+        ("Panic", FaultKind::Trap),
+        ("Refuse", FaultKind::Refused),
+        ("Flood", FaultKind::Writes),
+    ] {
+        let fault = match code.apply(&batch(&[("hostile-1", event_type, "{}")]), 1, empty()) {
+            Err(fault) => fault,
+            Ok(_) => panic!("{event_type} succeeded"),
+        };
+        assert_eq!(fault.kind, kind, "{event_type}: {}", fault.message);
+    }
+    let printed = code
+        .apply(&batch(&[("hostile-1", "Print", "\"hello\"")]), 1, empty())
+        .unwrap();
+    assert_eq!(printed.changes["count"], Some(b"1".to_vec()));
+}
+
+#[test]
+fn files_that_are_not_components_are_refused() {
+    let (_dir, runtime) = runtime(Limits::default());
+    for bytes in [&b"not wasm at all"[..], b"\0asm\x01\0\0\0"] {
+        match runtime.load("bad", bytes) {
+            Err(LoadError::Invalid(_)) => {}
+            Err(other) => panic!("wrong error: {other}"),
+            Ok(_) => panic!("loaded"),
+        }
+    }
+}
+
+struct EmptyViewForTest;
+
+impl ViewReader for EmptyViewForTest {
+    fn get(&self, _key: &str) -> Result<Option<Vec<u8>>, String> {
+        Ok(None)
+    }
+}

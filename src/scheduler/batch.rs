@@ -1,0 +1,98 @@
+//! One batch of a projection: the events after its checkpoint that its subscription selects,
+//! framed for the guest, and the checkpoint the batch reaches (past the events the
+//! subscription skipped, too).
+
+use crate::log::{LogReader, Position, RecordedEvent, Source, StorageError, StreamName};
+use crate::runtime::Subscription;
+
+/// Events read from one source per batch.
+pub const MAX_EVENTS: usize = 2048;
+/// A batch stops growing past this many framed bytes.
+const MAX_BYTES: usize = 8 * 1024 * 1024;
+
+pub struct Batch {
+    pub frame: Vec<u8>,
+    /// The events in `frame`, for locating a fault.
+    pub events: Vec<RecordedEvent>,
+    /// Where the projection stands once the batch is applied.
+    pub checkpoint: Position,
+}
+
+/// Where a subscription reads from: the whole log, or the streams and categories it names.
+pub fn sources(subscription: &Subscription) -> Vec<Source> {
+    if subscription.streams.is_empty() && subscription.categories.is_empty() {
+        return vec![Source::All];
+    }
+    let streams = subscription
+        .streams
+        .iter()
+        .filter_map(|s| StreamName::new(s.clone()).ok())
+        .map(Source::Stream);
+    let categories = subscription
+        .categories
+        .iter()
+        .map(|c| Source::Category(c.clone()));
+    streams.chain(categories).collect()
+}
+
+/// Reads the next batch after `after`, up to `head`.
+pub fn next(
+    reader: &LogReader,
+    sources: &[Source],
+    subscription: &Subscription,
+    after: Position,
+    head: Position,
+) -> Result<Batch, StorageError> {
+    // Each source is read up to MAX_EVENTS; the batch may only reach as far as every source
+    // has been read, or an event of a source cut short could be skipped.
+    let mut checkpoint = head;
+    let mut events = Vec::new();
+    for source in sources {
+        let read = reader.read_after(source, after, MAX_EVENTS, head)?;
+        if read.len() == MAX_EVENTS {
+            checkpoint = checkpoint.min(read.last().expect("not empty").position);
+        }
+        events.extend(read);
+    }
+    if sources.len() > 1 {
+        events.sort_unstable_by_key(|e| e.position);
+        // A stream named in `streams` may also be in a named category.
+        events.dedup_by_key(|e| e.position);
+    }
+    let mut frame = Vec::new();
+    let mut selected = Vec::new();
+    for event in events {
+        if event.position > checkpoint {
+            break;
+        }
+        if frame.len() >= MAX_BYTES {
+            checkpoint = event.position - 1;
+            break;
+        }
+        if subscription.matches(&event.stream, &event.event_type) {
+            encode(&mut frame, &event);
+            selected.push(event);
+        }
+    }
+    Ok(Batch {
+        frame,
+        events: selected,
+        checkpoint,
+    })
+}
+
+pub fn encode(frame: &mut Vec<u8>, event: &RecordedEvent) {
+    projector_sdk::frame::encode(
+        frame,
+        &projector_sdk::Event {
+            position: event.position,
+            revision: event.revision,
+            recorded_at: event.recorded_at,
+            id: *event.id.as_bytes(),
+            stream: &event.stream,
+            event_type: &event.event_type,
+            data: &event.data,
+            metadata: &event.metadata,
+        },
+    );
+}

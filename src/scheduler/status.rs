@@ -1,0 +1,93 @@
+//! What the API reports about a projection.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::log::Position;
+use crate::runtime::FaultKind;
+
+/// A projection's state as the API shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Applying events; behind the head.
+    Running,
+    /// Has applied everything up to the head.
+    CaughtUp,
+    /// Stopped at an event it failed on; retried with backoff.
+    Faulted,
+    /// Its file could not be loaded; nothing runs.
+    Invalid,
+}
+
+/// Why a projection stopped.
+#[derive(Clone, Debug, Serialize)]
+pub struct FaultReport {
+    pub kind: FaultKind,
+    pub message: String,
+    /// The event it failed on.
+    pub position: Position,
+    pub event_id: String,
+    pub stream: String,
+    /// How many times in a row this event failed.
+    pub attempts: u32,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SubscriptionReport {
+    pub streams: Vec<String>,
+    pub categories: Vec<String>,
+    pub event_types: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    pub name: String,
+    pub state: State,
+    /// SHA-256 of the `.wasm` the version was loaded from.
+    pub version: Option<String>,
+    pub position: Position,
+    pub head: Position,
+    pub lag: u64,
+    pub events_per_second: f64,
+    pub subscription: Option<SubscriptionReport>,
+    pub last_error: Option<FaultReport>,
+    /// Why the file could not be loaded, for an invalid projection.
+    pub load_error: Option<String>,
+}
+
+/// Positions reached over the last few seconds, for a rate.
+#[derive(Default)]
+pub struct Rate {
+    samples: VecDeque<(Instant, Position)>,
+}
+
+const WINDOW: Duration = Duration::from_secs(5);
+
+impl Rate {
+    pub fn record(&mut self, position: Position) {
+        let now = Instant::now();
+        self.samples.push_back((now, position));
+        while self
+            .samples
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > WINDOW)
+        {
+            self.samples.pop_front();
+        }
+    }
+
+    /// Events per second over the window; 0 when idle for longer than it.
+    pub fn per_second(&self) -> f64 {
+        let (Some((t0, p0)), Some((t1, p1))) = (self.samples.front(), self.samples.back()) else {
+            return 0.0;
+        };
+        let span = t1.duration_since(*t0).as_secs_f64();
+        if span <= 0.0 || t1.elapsed() > WINDOW {
+            return 0.0;
+        }
+        (p1 - p0) as f64 / span
+    }
+}
