@@ -7,5 +7,5 @@ pub mod http;
 pub mod log;
 pub mod runtime;
 pub mod scheduler;
-pub mod views;
 pub mod server;
+pub mod views;

@@ -85,9 +85,8 @@ async fn main() -> anyhow::Result<()> {
                 projections,
                 listen,
                 sse_keep_alive: Duration::from_secs(sse_keep_alive.max(1)),
-                workers: workers.unwrap_or_else(|| {
-                    std::thread::available_parallelism().map_or(2, |n| n.get())
-                }),
+                workers: workers
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
                 limits: Limits {
                     fuel_base: fuel_per_batch,
                     fuel_per_event,

@@ -25,7 +25,10 @@ const EXAMPLES: &[(&str, &[u8])] = &[
     ),
     (
         "category-index",
-        include_bytes!(concat!(env!("PROJECTOR_GUESTS_DIR"), "/category_index.wasm")),
+        include_bytes!(concat!(
+            env!("PROJECTOR_GUESTS_DIR"),
+            "/category_index.wasm"
+        )),
     ),
     (
         "order-summary",
@@ -88,6 +91,7 @@ pub async fn serve(
         cache: config.data.join("cache"),
         workers: config.workers,
         limits: config.limits.clone(),
+        max_batch: crate::scheduler::DEFAULT_BATCH,
     };
     let (handle, reading) = (tokio::runtime::Handle::current(), log.clone());
     let projections = Arc::new(

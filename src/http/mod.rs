@@ -52,7 +52,10 @@ pub fn router(state: AppState) -> Router {
         .route("/projections", get(projections::list))
         .route("/projections/{name}", get(projections::status))
         .route("/projections/{name}/view", get(projections::page))
-        .route("/projections/{name}/view/{*key}", get(projections::document))
+        .route(
+            "/projections/{name}/view/{*key}",
+            get(projections::document),
+        )
         .fallback(|| async { ApiError::not_found("not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

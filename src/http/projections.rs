@@ -66,7 +66,10 @@ pub async fn document(
         .map_err(ApiError::internal)?;
     match found {
         (_, Some(document)) => Ok((
-            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
             document,
         )
             .into_response()),
@@ -117,9 +120,7 @@ pub async fn page(
         let value = String::from_utf8(d.value)
             .ok()
             .and_then(|text| RawValue::from_string(text).ok())
-            .ok_or_else(|| {
-                ApiError::internal(format!("document {:?} is not JSON", d.key))
-            })?;
+            .ok_or_else(|| ApiError::internal(format!("document {:?} is not JSON", d.key)))?;
         items.push(serde_json::json!({ "key": d.key, "value": value }));
     }
     let next = match items.last() {

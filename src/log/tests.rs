@@ -305,7 +305,11 @@ fn assert_indexes_match_the_log(log: &Log, all: &[RecordedEvent]) {
                 .take(2)
                 .copied()
                 .collect();
-            assert_eq!(page.iter().collect::<Vec<_>>(), want, "{source:?} after {after}");
+            assert_eq!(
+                page.iter().collect::<Vec<_>>(),
+                want,
+                "{source:?} after {after}"
+            );
         }
     }
 }

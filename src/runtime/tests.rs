@@ -51,17 +51,25 @@ fn runs_a_projection_and_returns_its_writes() {
     let code = runtime.load("stats", &guest("stream_stats")).unwrap();
     assert_eq!(code.subscription(), &Subscription::all());
     let docs = Arc::new(Mutex::new(HashMap::new()));
-    docs.lock()
-        .unwrap()
-        .insert("total".to_owned(), br#"{"events":10,"streams":2,"lastPosition":0}"#.to_vec());
-    let events = [("order-1", "A", "{}"), ("order-2", "B", "{}"), ("order-1", "C", "{}")];
+    docs.lock().unwrap().insert(
+        "total".to_owned(),
+        br#"{"events":10,"streams":2,"lastPosition":0}"#.to_vec(),
+    );
+    let events = [
+        ("order-1", "A", "{}"),
+        ("order-2", "B", "{}"),
+        ("order-1", "C", "{}"),
+    ];
     let applied = code
         .apply(&batch(&events), events.len(), Box::new(MapView(docs)))
         .unwrap();
     let doc = |k: &str| -> serde_json::Value {
         serde_json::from_slice(applied.changes[k].as_ref().unwrap()).unwrap()
     };
-    assert_eq!(doc("total"), serde_json::json!({"events": 13, "streams": 4, "lastPosition": 3}));
+    assert_eq!(
+        doc("total"),
+        serde_json::json!({"events": 13, "streams": 4, "lastPosition": 3})
+    );
     assert_eq!(doc("stream/order-1")["events"], 2);
     assert!(applied.fuel > 0);
 }

@@ -5,8 +5,6 @@
 use crate::log::{LogReader, Position, RecordedEvent, Source, StorageError, StreamName};
 use crate::runtime::Subscription;
 
-/// Events read from one source per batch.
-pub const MAX_EVENTS: usize = 2048;
 /// A batch stops growing past this many framed bytes.
 const MAX_BYTES: usize = 8 * 1024 * 1024;
 
@@ -42,14 +40,15 @@ pub fn next(
     subscription: &Subscription,
     after: Position,
     head: Position,
+    limit: usize,
 ) -> Result<Batch, StorageError> {
-    // Each source is read up to MAX_EVENTS; the batch may only reach as far as every source
+    // Each source is read up to `limit` events; the batch may only reach as far as every source
     // has been read, or an event of a source cut short could be skipped.
     let mut checkpoint = head;
     let mut events = Vec::new();
     for source in sources {
-        let read = reader.read_after(source, after, MAX_EVENTS, head)?;
-        if read.len() == MAX_EVENTS {
+        let read = reader.read_after(source, after, limit, head)?;
+        if read.len() == limit {
             checkpoint = checkpoint.min(read.last().expect("not empty").position);
         }
         events.extend(read);

@@ -41,7 +41,13 @@ pub struct SchedulerConfig {
     pub cache: PathBuf,
     pub workers: usize,
     pub limits: Limits,
+    /// Most events read from one source per batch ([`DEFAULT_BATCH`] unless testing).
+    pub max_batch: usize,
 }
+
+/// Events read from one source per batch: large enough that a call into the guest and a
+/// commit are spread over many events, small enough to bound a batch's memory and latency.
+pub const DEFAULT_BATCH: usize = 2048;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SchedulerError {
@@ -65,6 +71,10 @@ pub struct Projections {
 }
 
 struct Shared {
+    /// Kept for as long as projections run: it owns the engine's epoch ticker.
+    _runtime: Runtime,
+    /// Most events read from one source per batch.
+    max_batch: usize,
     reader: LogReader,
     head: watch::Receiver<Position>,
     entries: RwLock<BTreeMap<String, Entry>>,
@@ -136,6 +146,8 @@ impl Projections {
             entries.insert(name, entry);
         }
         let shared = Arc::new(Shared {
+            _runtime: runtime,
+            max_batch: config.max_batch.max(1),
             reader: log.reader().clone(),
             head: log.head(),
             entries: RwLock::new(entries),
@@ -153,11 +165,16 @@ impl Projections {
             workers.push(thread);
         }
         shared.schedule_all();
-        let follower = shared.clone();
+        // Background tasks hold the scheduler weakly, so that dropping `Projections` closes
+        // every view database.
+        let follower = Arc::downgrade(&shared);
         let mut head = log.head();
         shared.tokio.spawn(async move {
             while head.changed().await.is_ok() {
-                follower.schedule_all();
+                let Some(shared) = follower.upgrade() else {
+                    return;
+                };
+                shared.schedule_all();
             }
         });
         Ok(Projections {
@@ -198,7 +215,13 @@ impl Projections {
 
     /// The view of a loaded projection.
     pub fn view(&self, name: &str) -> Option<ViewStore> {
-        match self.shared.entries.read().expect("entries lock").get(name)? {
+        match self
+            .shared
+            .entries
+            .read()
+            .expect("entries lock")
+            .get(name)?
+        {
             Entry::Loaded(slot) => Some(slot.view.clone()),
             Entry::Invalid(_) => None,
         }
@@ -218,13 +241,7 @@ impl Projections {
     /// Stops the workers after their current batch and makes every view's checkpoint
     /// durable. Blocking.
     pub fn shutdown(&self) {
-        self.shared.queue.lock().expect("queue lock").stopping = true;
-        self.shared.wake.notify_all();
-        for worker in self.workers.lock().expect("workers lock").drain(..) {
-            if worker.join().is_err() {
-                tracing::error!("a projection worker panicked");
-            }
-        }
+        self.stop_workers();
         for entry in self.shared.entries.read().expect("entries lock").values() {
             if let Entry::Loaded(slot) = entry {
                 let checkpoint = slot.state.lock().expect("slot lock").checkpoint;
@@ -236,6 +253,26 @@ impl Projections {
     }
 }
 
+impl Projections {
+    fn stop_workers(&self) {
+        self.shared.queue.lock().expect("queue lock").stopping = true;
+        self.shared.wake.notify_all();
+        for worker in self.workers.lock().expect("workers lock").drain(..) {
+            if worker.join().is_err() {
+                tracing::error!("a projection worker panicked");
+            }
+        }
+    }
+}
+
+/// Dropping without [`Projections::shutdown`] stops the workers but skips the final durable
+/// commits: the views then resume from their last durable checkpoint, as after a crash.
+impl Drop for Projections {
+    fn drop(&mut self) {
+        self.stop_workers();
+    }
+}
+
 fn wasm_files(folder: &Path) -> Result<Vec<(String, PathBuf)>, SchedulerError> {
     let error = |source| SchedulerError::Folder {
         path: folder.display().to_string(),
@@ -244,14 +281,18 @@ fn wasm_files(folder: &Path) -> Result<Vec<(String, PathBuf)>, SchedulerError> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(folder).map_err(error)? {
         let path = entry.map_err(error)?.path();
-        if path.extension().is_some_and(|e| e == "wasm") && path.is_file() {
-            if let Some(name) = path.file_stem().and_then(|s| s.to_str()) {
-                if valid_name(name) {
-                    files.push((name.to_owned(), path));
-                } else {
-                    tracing::warn!(file = %path.display(), "ignored: a projection name is 1 to 64 of a-z, 0-9, - and _");
-                }
-            }
+        let is_wasm = path.extension().is_some_and(|e| e == "wasm") && path.is_file();
+        let Some(name) = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .filter(|_| is_wasm)
+        else {
+            continue;
+        };
+        if valid_name(name) {
+            files.push((name.to_owned(), path));
+        } else {
+            tracing::warn!(file = %path.display(), "ignored: a projection name is 1 to 64 of a-z, 0-9, - and _");
         }
     }
     files.sort();
@@ -355,11 +396,13 @@ impl Shared {
                 }
                 Next::Faulted(backoff) => {
                     slot.state.lock().expect("slot lock").scheduled = false;
-                    let (shared, slot) = (self.clone(), slot.clone());
+                    let (shared, slot) = (Arc::downgrade(&self), Arc::downgrade(&slot));
                     self.tokio.spawn(async move {
                         tokio::time::sleep(backoff).await;
-                        slot.state.lock().expect("slot lock").retry_due = true;
-                        shared.schedule(&slot);
+                        if let (Some(shared), Some(slot)) = (shared.upgrade(), slot.upgrade()) {
+                            slot.state.lock().expect("slot lock").retry_due = true;
+                            shared.schedule(&slot);
+                        }
                     });
                 }
             }
@@ -373,7 +416,14 @@ impl Shared {
             return Next::Idle;
         }
         let subscription = slot.code.subscription();
-        let batch = match batch::next(&self.reader, &slot.sources, subscription, after, head) {
+        let batch = match batch::next(
+            &self.reader,
+            &slot.sources,
+            subscription,
+            after,
+            head,
+            self.max_batch,
+        ) {
             Ok(batch) => batch,
             Err(e) => return slot.host_fault(after, &e.to_string()),
         };
@@ -432,7 +482,12 @@ impl Slot {
         }
         state.checkpoint = checkpoint;
         state.rate.record(checkpoint);
-        if applied > 0 || state.fault.as_ref().is_some_and(|f| f.position <= checkpoint) {
+        if applied > 0
+            || state
+                .fault
+                .as_ref()
+                .is_some_and(|f| f.position <= checkpoint)
+        {
             state.fault = None;
             state.retry_due = false;
         }
@@ -455,7 +510,8 @@ impl Slot {
             };
             match self.code.apply(&frame, 1, reader) {
                 Ok(applied) => {
-                    if let Next::Faulted(backoff) = self.commit(&applied.changes, event.position, 1) {
+                    if let Next::Faulted(backoff) = self.commit(&applied.changes, event.position, 1)
+                    {
                         return Next::Faulted(backoff);
                     }
                 }
@@ -507,6 +563,9 @@ impl Slot {
         )
     }
 }
+
+#[cfg(test)]
+mod tests;
 
 /// 1 s, 2 s, 4 s, ... up to a minute.
 fn backoff(attempts: u32) -> Duration {

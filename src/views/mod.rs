@@ -11,9 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use redb::{
-    Database, Durability, ReadOnlyTable, ReadableDatabase, TableDefinition,
-};
+use redb::{Database, Durability, ReadOnlyTable, ReadableDatabase, TableDefinition};
 
 use crate::log::Position;
 use crate::runtime::{Changes, ViewReader};
@@ -212,21 +210,33 @@ mod tests {
         let view = ViewStore::open(dir.path(), "p", "v1").unwrap();
         assert_eq!(view.checkpoint().unwrap(), 0);
         view.commit(
-            &changes(&[("order/1", Some("1")), ("order/2", Some("2")), ("order/3", Some("3")), ("user/1", Some("u"))]),
+            &changes(&[
+                ("order/1", Some("1")),
+                ("order/2", Some("2")),
+                ("order/3", Some("3")),
+                ("user/1", Some("u")),
+            ]),
             7,
             false,
         )
         .unwrap();
-        view.commit(&changes(&[("order/2", None)]), 9, true).unwrap();
+        view.commit(&changes(&[("order/2", None)]), 9, true)
+            .unwrap();
         assert_eq!(view.checkpoint().unwrap(), 9);
         assert_eq!(view.get("order/1").unwrap(), Some(b"1".to_vec()));
         assert_eq!(view.get("order/2").unwrap(), None);
         let (page, at) = view.page("order/", None, 1).unwrap();
         assert_eq!((page[0].key.as_str(), at), ("order/1", 9));
         let (page, _) = view.page("order/", Some("order/1"), 10).unwrap();
-        assert_eq!(page.iter().map(|d| d.key.as_str()).collect::<Vec<_>>(), ["order/3"]);
+        assert_eq!(
+            page.iter().map(|d| d.key.as_str()).collect::<Vec<_>>(),
+            ["order/3"]
+        );
         let (page, _) = view.page("", Some("order/3"), 10).unwrap();
-        assert_eq!(page.iter().map(|d| d.key.as_str()).collect::<Vec<_>>(), ["user/1"]);
+        assert_eq!(
+            page.iter().map(|d| d.key.as_str()).collect::<Vec<_>>(),
+            ["user/1"]
+        );
         drop(view);
         let reopened = ViewStore::open(dir.path(), "p", "v1").unwrap();
         assert_eq!(reopened.checkpoint().unwrap(), 9);

@@ -18,8 +18,14 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts the server binary on a free port with its data in `data`.
+    /// Starts the server binary on a free port with its data in `data`. Its projections folder
+    /// is `data/deploy`: created with the example projections if it does not exist.
     pub fn start(data: &Path) -> Server {
+        Self::start_with(data, &[])
+    }
+
+    /// [`Server::start`] with more command-line arguments.
+    pub fn start_with(data: &Path, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_projector"))
             .arg("serve")
             .arg("--data")
@@ -27,6 +33,7 @@ impl Server {
             .arg("--projections")
             .arg(data.join("deploy"))
             .args(["--listen", "127.0.0.1:0", "--sse-keep-alive", "1"])
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -80,6 +87,12 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A guest component built by the build script (`stream_stats`, `hostile`, ...).
+pub fn guest(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("PROJECTOR_GUESTS_DIR")).join(format!("{name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 pub fn client() -> reqwest::Client {

@@ -109,46 +109,13 @@ impl Projection for OrderSummaryProjection {
     }
 
     fn apply(view: &mut View, event: &Event) -> Result<(), Error> {
-        let (order_id, change): (String, Box<dyn FnOnce(&mut OrderSummary)>) =
-            match event.event_type {
-                "OrderPlaced" => {
-                    let e: OrderPlaced = event.data()?;
-                    (
-                        e.order_id,
-                        Box::new(move |o| o.customer_id = Some(e.customer_id)),
-                    )
-                }
-                "ItemAdded" => {
-                    let e: ItemAdded = event.data()?;
-                    (
-                        e.order_id,
-                        Box::new(move |o| add(o, e.sku, e.quantity, e.unit_price_cents)),
-                    )
-                }
-                "ItemRemoved" => {
-                    let e: ItemRemoved = event.data()?;
-                    (e.order_id, Box::new(move |o| remove(o, &e.sku, e.quantity)))
-                }
-                "OrderShipped" => {
-                    let e: OrderShipped = event.data()?;
-                    (e.order_id, Box::new(|o| o.status = Status::Shipped))
-                }
-                "OrderCancelled" => {
-                    let e: OrderCancelled = event.data()?;
-                    (
-                        e.order_id,
-                        Box::new(move |o| {
-                            o.status = Status::Cancelled;
-                            o.cancel_reason = Some(e.reason);
-                        }),
-                    )
-                }
-                _ => return Ok(()),
-            };
+        let Some((order_id, change)) = Change::of(event)? else {
+            return Ok(());
+        };
         let position = event.position;
         let order = view.update(&format!("order/{order_id}"), |o: &mut OrderSummary| {
             o.order_id.clone_from(&order_id);
-            change(o);
+            change.apply(o);
             o.total_cents = o
                 .lines
                 .iter()
@@ -173,6 +140,54 @@ impl Projection for OrderSummaryProjection {
                 );
             },
         )
+    }
+}
+
+/// What an event does to its order.
+enum Change {
+    Placed(OrderPlaced),
+    Added(ItemAdded),
+    Removed(ItemRemoved),
+    Shipped,
+    Cancelled(OrderCancelled),
+}
+
+impl Change {
+    /// The order an event is about and its change; `None` for other event types.
+    fn of(event: &Event) -> Result<Option<(String, Change)>, Error> {
+        Ok(Some(match event.event_type {
+            "OrderPlaced" => {
+                let e: OrderPlaced = event.data()?;
+                (e.order_id.clone(), Change::Placed(e))
+            }
+            "ItemAdded" => {
+                let e: ItemAdded = event.data()?;
+                (e.order_id.clone(), Change::Added(e))
+            }
+            "ItemRemoved" => {
+                let e: ItemRemoved = event.data()?;
+                (e.order_id.clone(), Change::Removed(e))
+            }
+            "OrderShipped" => (event.data::<OrderShipped>()?.order_id, Change::Shipped),
+            "OrderCancelled" => {
+                let e: OrderCancelled = event.data()?;
+                (e.order_id.clone(), Change::Cancelled(e))
+            }
+            _ => return Ok(None),
+        }))
+    }
+
+    fn apply(self, order: &mut OrderSummary) {
+        match self {
+            Change::Placed(e) => order.customer_id = Some(e.customer_id),
+            Change::Added(e) => add(order, e.sku, e.quantity, e.unit_price_cents),
+            Change::Removed(e) => remove(order, &e.sku, e.quantity),
+            Change::Shipped => order.status = Status::Shipped,
+            Change::Cancelled(e) => {
+                order.status = Status::Cancelled;
+                order.cancel_reason = Some(e.reason);
+            }
+        }
     }
 }
 

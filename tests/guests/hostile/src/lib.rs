@@ -28,7 +28,8 @@ impl Projection for Hostile {
             "Bomb" => {
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
                 loop {
-                    hoard.push(vec![0; 16 << 20]);
+                    // Reserved, never touched: memory grows without spending fuel on filling it.
+                    hoard.push(Vec::<u8>::with_capacity(16 << 20));
                     std::hint::black_box(&hoard);
                 }
             }

@@ -1,0 +1,113 @@
+//! Rebuild equals live: whatever the batch sizes and wherever the server stops (cleanly or
+//! not), a projection's view equals the view of one uninterrupted native run of the same code
+//! over the same events.
+
+use std::path::Path;
+
+use order_summary::OrderSummaryProjection;
+use projector_sdk::harness::Harness;
+use proptest::prelude::*;
+
+use super::*;
+use crate::log::{AppendRequest, ExpectedRevision, JsonPayload, NewEvent, StreamName};
+
+fn guest(name: &str) -> Vec<u8> {
+    std::fs::read(Path::new(env!("PROJECTOR_GUESTS_DIR")).join(format!("{name}.wasm"))).unwrap()
+}
+
+/// One generated event: (stream number, kind, numbers for its fields).
+type Spec = (u8, u8, u8);
+
+fn event_of((stream, kind, n): Spec) -> (String, &'static str, serde_json::Value) {
+    let order = format!("{}", stream % 4);
+    let stream_name = if stream >= 4 {
+        format!("user-{order}")
+    } else {
+        format!("order-{order}")
+    };
+    let sku = format!("sku-{}", n % 3);
+    let (event_type, data) = match kind % 6 {
+        0 => (
+            "OrderPlaced",
+            serde_json::json!({"orderId": order, "customerId": format!("c-{}", n % 2)}),
+        ),
+        1 => (
+            "ItemAdded",
+            serde_json::json!({"orderId": order, "sku": sku, "quantity": 1 + n % 4, "unitPriceCents": 100 + u64::from(n)}),
+        ),
+        2 => (
+            "ItemRemoved",
+            serde_json::json!({"orderId": order, "sku": sku, "quantity": 1 + n % 2}),
+        ),
+        3 => ("OrderShipped", serde_json::json!({"orderId": order})),
+        4 => (
+            "OrderCancelled",
+            serde_json::json!({"orderId": order, "reason": format!("r{n}")}),
+        ),
+        _ => ("SomethingElse", serde_json::json!({"orderId": order})),
+    };
+    (stream_name, event_type, data)
+}
+
+struct Node {
+    projections: Projections,
+}
+
+fn start(dir: &Path, log: &Log, max_batch: usize, tokio: &tokio::runtime::Runtime) -> Node {
+    let config = SchedulerConfig {
+        projections: dir.join("deploy"),
+        views: dir.join("views"),
+        cache: dir.join("cache"),
+        workers: 2,
+        limits: Limits::default(),
+        max_batch,
+    };
+    Node {
+        projections: Projections::start(config, log, tokio.handle().clone()).unwrap(),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    #[test]
+    fn interrupted_runs_build_the_same_view(
+        specs in prop::collection::vec((0u8..6, 0u8..6, any::<u8>()), 1..120),
+        max_batch in 1usize..40,
+        stops in prop::collection::vec((0usize..120, any::<bool>()), 0..4),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("deploy")).unwrap();
+        std::fs::write(dir.path().join("deploy/orders.wasm"), guest("order_summary")).unwrap();
+        let tokio = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let (log, _writer) = Log::open(&dir.path().join("log")).unwrap();
+        let mut reference = Harness::<OrderSummaryProjection>::new();
+        let mut node = Some(start(dir.path(), &log, max_batch, &tokio));
+        for (i, spec) in specs.iter().enumerate() {
+            let (stream, event_type, data) = event_of(*spec);
+            reference.record(&stream, event_type, data.clone());
+            let event = NewEvent::new(None, event_type, JsonPayload::parse(&data.to_string()).unwrap(), None).unwrap();
+            let request = AppendRequest::new(StreamName::new(stream).unwrap(), ExpectedRevision::Any, vec![event]).unwrap();
+            tokio.block_on(log.append(request)).unwrap();
+            for (at, clean) in &stops {
+                if *at == i {
+                    let stopped = node.take().unwrap();
+                    if *clean {
+                        stopped.projections.shutdown();
+                    }
+                    drop(stopped);
+                    node = Some(start(dir.path(), &log, max_batch, &tokio));
+                }
+            }
+        }
+        reference.catch_up(usize::MAX).unwrap();
+        let node = node.unwrap();
+        let head = *log.head().borrow();
+        prop_assert!(tokio.block_on(node.projections.wait_for("orders", head, Duration::from_secs(30))));
+        let (documents, checkpoint) = node.projections.view("orders").unwrap().page("", None, usize::MAX).unwrap();
+        prop_assert_eq!(checkpoint, head);
+        let view: BTreeMap<String, Vec<u8>> = documents.into_iter().map(|d| (d.key, d.value)).collect();
+        prop_assert_eq!(&view, &reference.view().0);
+        node.projections.shutdown();
+    }
+}
