@@ -6,9 +6,7 @@
 //! run's length, `BENCH_RUNS` (default 3) the runs per figure, and `BENCH_ONLY` (a word, such
 //! as `append` or `read`) keeps the measurements whose name contains it.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -17,39 +15,8 @@ use futures_util::StreamExt;
 use projector::log::{AppendRequest, ExpectedRevision, JsonPayload, Log, NewEvent, StreamName};
 use serde_json::{Value, json};
 
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Server {
-    fn start(data: &Path) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_projector"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-            .arg(data)
-            .arg("--projections")
-            .arg(data.join("deploy"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawning projector serve");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let base = loop {
-            let line = lines.next().expect("server exited").unwrap();
-            if let Some(addr) = line.strip_prefix("listening on ") {
-                break addr.to_owned();
-            }
-        };
-        Server { child, base }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+mod support;
+use support::Server;
 
 fn settings() -> (Duration, usize) {
     let var = |name, default| {
@@ -117,7 +84,7 @@ async fn appends(base: &str, clients: usize, batch: u64, seconds: Duration) -> f
 /// Content-Length. It costs the shared 2 cores far less than reqwest, so the figure shows more
 /// of what the server can take when its clients run elsewhere.
 async fn lean_appends(base: &str, clients: usize, seconds: Duration) -> f64 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let addr = base.trim_start_matches("http://").to_owned();
     let done = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
@@ -139,26 +106,7 @@ async fn lean_appends(base: &str, clients: usize, seconds: Duration) -> f64 {
                     .into_bytes();
                     request.extend_from_slice(&body);
                     socket.write_all(&request).await.unwrap();
-                    let mut filled = 0;
-                    loop {
-                        let read = socket.read(&mut buffer[filled..]).await.unwrap();
-                        assert!(read > 0, "the server closed the connection");
-                        filled += read;
-                        let text = &buffer[..filled];
-                        let Some(end) = text.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
-                        let head = std::str::from_utf8(&text[..end]).unwrap().to_ascii_lowercase();
-                        assert!(head.starts_with("http/1.1 201"), "{head}");
-                        let length: usize = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .unwrap()
-                            .trim()
-                            .parse()
-                            .unwrap();
-                        if filled >= end + 4 + length {
-                            break;
-                        }
-                    }
+                    support::read_response(&mut socket, &mut buffer, 201).await;
                     done.fetch_add(1, Ordering::Relaxed);
                     n += 1;
                 }

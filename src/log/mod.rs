@@ -142,7 +142,7 @@ impl LogReader {
         until: Position,
     ) -> Result<Vec<RecordedEvent>, StorageError> {
         let from = match source {
-            Source::Stream(name) => match self.store.revision_after(name.as_str(), after)? {
+            Source::Stream(name) => match self.store.revision_after(name, after)? {
                 Some(revision) => revision,
                 None => return Ok(Vec::new()),
             },

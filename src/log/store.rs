@@ -37,7 +37,8 @@ use uuid::Uuid;
 use super::codec;
 use super::error::{AppendError, StorageError};
 use super::types::{
-    AppendOutcome, AppendRequest, Direction, EventId, Position, RecordedEvent, Source, category_of,
+    AppendOutcome, AppendRequest, Direction, EventId, Position, RecordedEvent, Source, StreamName,
+    category_of,
 };
 
 /// An index of extents: (stream or category name, first coordinate) → (first position, count).
@@ -199,30 +200,12 @@ impl Store {
             Source::Stream(name) => (STREAM_EXTENTS, name.as_str()),
             Source::Category(name) => (CATEGORY_EXTENTS, name.as_str()),
         };
-        // The tail is taken before the snapshot: extents it lacks are of commits the snapshot
-        // may not show either, and `covered` bounds the read to what both agree on. Extents a
-        // flush moved into the tables are told apart by `indexed_through`.
-        let (txn, recent, until) = {
-            let tail = self.tail.read().expect("tail lock");
-            let txn = self.db.begin_read()?;
-            let indexed = indexed_through(&txn)?;
-            let recent: Vec<(u64, Position, u64)> = tail
-                .extents
-                .iter()
-                .filter(|e| e.first_position > indexed)
-                .filter_map(|e| match source {
-                    Source::Stream(_) => {
-                        (e.stream == name).then_some((e.first_revision, e.first_position, e.count))
-                    }
-                    _ => (category_of(&e.stream) == Some(name)).then_some((
-                        e.first_position,
-                        e.first_position,
-                        e.count,
-                    )),
-                })
-                .collect();
-            (txn, recent, until.min(tail.covered))
-        };
+        let TailSnapshot {
+            txn,
+            recent,
+            covered,
+        } = self.snapshot_with_tail(source)?;
+        let until = until.min(covered);
         let extents = txn.open_table(table)?;
         let persisted = |range: RangeInclusive<u64>| {
             Ok::<_, StorageError>(
@@ -303,6 +286,37 @@ impl Store {
         Ok(Some(out))
     }
 
+    /// A read snapshot with the extents of `source` (a stream or category) that the tail
+    /// holds beyond the index tables, and how far the tail covers the log. The tail is taken
+    /// before the snapshot: extents it lacks are of commits the snapshot may not show either,
+    /// and `covered` bounds a read to what both agree on. Extents a flush moved into the
+    /// tables are told apart by `indexed_through`.
+    fn snapshot_with_tail(&self, source: &Source) -> Result<TailSnapshot, StorageError> {
+        let tail = self.tail.read().expect("tail lock");
+        let txn = self.db.begin_read()?;
+        let indexed = indexed_through(&txn)?;
+        let recent = tail
+            .extents
+            .iter()
+            .filter(|e| e.first_position > indexed)
+            .filter_map(|e| match source {
+                Source::Stream(name) => (e.stream == name.as_str()).then_some((
+                    e.first_revision,
+                    e.first_position,
+                    e.count,
+                )),
+                Source::Category(name) => (category_of(&e.stream) == Some(name.as_str()))
+                    .then_some((e.first_position, e.first_position, e.count)),
+                Source::All => None,
+            })
+            .collect();
+        Ok(TailSnapshot {
+            txn,
+            recent,
+            covered: tail.covered,
+        })
+    }
+
     fn read_all(
         &self,
         bounds: RangeInclusive<u64>,
@@ -346,21 +360,12 @@ impl Store {
     /// reader that follows the log by position resumes in one stream.
     pub fn revision_after(
         &self,
-        stream: &str,
+        stream: &StreamName,
         position: Position,
     ) -> Result<Option<u64>, StorageError> {
-        let (txn, recent) = {
-            let tail = self.tail.read().expect("tail lock");
-            let txn = self.db.begin_read()?;
-            let indexed = indexed_through(&txn)?;
-            let recent: Vec<(u64, Position, u64)> = tail
-                .extents
-                .iter()
-                .filter(|e| e.first_position > indexed && e.stream == stream)
-                .map(|e| (e.first_revision, e.first_position, e.count))
-                .collect();
-            (txn, recent)
-        };
+        let TailSnapshot { txn, recent, .. } =
+            self.snapshot_with_tail(&Source::Stream(stream.clone()))?;
+        let stream = stream.as_str();
         let resume = |(first_revision, first_position, count): (u64, Position, u64)| {
             (first_position + count - 1 > position)
                 .then(|| first_revision + position.saturating_add(1).saturating_sub(first_position))
@@ -386,6 +391,15 @@ impl Store {
         let (stream, revision) = codec::decode_stream_and_revision(position, record.value())?;
         Ok(Some((stream.to_owned(), revision)))
     }
+}
+
+/// A read snapshot and the index tail's part of one source that goes with it.
+struct TailSnapshot {
+    txn: ReadTransaction,
+    /// (first coordinate, first position, count) of the source's extents only in the tail.
+    recent: Vec<(u64, Position, u64)>,
+    /// The position up to which the tail and the snapshot agree.
+    covered: Position,
 }
 
 fn indexed_through(txn: &ReadTransaction) -> Result<Position, StorageError> {

@@ -1,0 +1,295 @@
+//! Projection throughput on this machine.
+//!
+//! `cargo bench --bench projections` builds a 1,000,000-event log of the example shop in
+//! `target/tmp`, then measures:
+//! - replay: `stream-stats` and `order-summary` run from position 0 to the head through wasm,
+//!   in-process (real log, real view files, the server's scheduler), against the same logic
+//!   compiled natively and run by the SDK harness over the same events;
+//! - view GETs by key over HTTP against the release server, with latency percentiles.
+//!
+//! `BENCH_RUNS` (default 3) sets the runs per figure, `BENCH_EVENTS` the log's size.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use order_summary::OrderSummaryProjection;
+use projector::log::{AppendRequest, ExpectedRevision, JsonPayload, Log, NewEvent, StreamName};
+use projector::runtime::Limits;
+use projector::scheduler::{DEFAULT_BATCH, Projections, SchedulerConfig};
+use projector_sdk::Projection;
+use projector_sdk::harness::Harness;
+use serde_json::{Value, json};
+use stream_stats::StreamStatsProjection;
+
+mod support;
+use support::Server;
+
+fn var(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+fn guest(name: &str) -> Vec<u8> {
+    std::fs::read(Path::new(env!("PROJECTOR_GUESTS_DIR")).join(format!("{name}.wasm"))).unwrap()
+}
+
+/// The events of order `n`: placed, two or three items, sometimes a removal, then shipped
+/// or cancelled. About five events an order.
+fn order(n: u64) -> Vec<(&'static str, Value)> {
+    let id = n.to_string();
+    let mut events = vec![(
+        "OrderPlaced",
+        json!({"orderId": id, "customerId": format!("c-{}", n % 5000)}),
+    )];
+    for i in 0..2 + n % 2 {
+        events.push((
+            "ItemAdded",
+            json!({"orderId": id, "sku": format!("sku-{}", (n + i) % 500), "quantity": 1 + i, "unitPriceCents": 199 + (n * 7 + i) % 5000}),
+        ));
+    }
+    if n.is_multiple_of(5) {
+        events.push((
+            "ItemRemoved",
+            json!({"orderId": id, "sku": format!("sku-{}", n % 500), "quantity": 1}),
+        ));
+    }
+    events.push(if n.is_multiple_of(10) {
+        (
+            "OrderCancelled",
+            json!({"orderId": id, "reason": "customer request"}),
+        )
+    } else {
+        ("OrderShipped", json!({"orderId": id}))
+    });
+    events
+}
+
+/// Appends orders until the log holds `total` events; returns every event in log order.
+fn build_log(
+    dir: &Path,
+    total: u64,
+    tokio: &tokio::runtime::Runtime,
+) -> Vec<(String, &'static str, Value)> {
+    let (log, writer) = Log::open(dir).unwrap();
+    let mut all = Vec::with_capacity(total as usize);
+    let mut n = 0;
+    tokio.block_on(async {
+        while (all.len() as u64) < total {
+            // 256 orders appended concurrently, so they interleave in the log as in a shop.
+            let mut pending = Vec::new();
+            for _ in 0..256 {
+                let stream = format!("order-{n}");
+                let events: Vec<_> = order(n);
+                let new: Vec<NewEvent> = events
+                    .iter()
+                    .map(|(t, d)| {
+                        NewEvent::new(None, *t, JsonPayload::parse(&d.to_string()).unwrap(), None)
+                            .unwrap()
+                    })
+                    .collect();
+                let request = AppendRequest::new(
+                    StreamName::new(stream.clone()).unwrap(),
+                    ExpectedRevision::NoStream,
+                    new,
+                )
+                .unwrap();
+                let log = log.clone();
+                pending.push((
+                    stream,
+                    events,
+                    tokio::spawn(async move { log.append(request).await.unwrap() }),
+                ));
+                n += 1;
+            }
+            let mut landed = Vec::new();
+            for (stream, events, task) in pending {
+                landed.push((task.await.unwrap().first_position, stream, events));
+            }
+            landed.sort_by_key(|l| l.0);
+            for (_, stream, events) in landed {
+                for (t, d) in events {
+                    all.push((stream.clone(), t, d));
+                }
+            }
+        }
+    });
+    drop(log);
+    writer.join();
+    all
+}
+
+/// Replays `wasm` from 0 to the head; events per second of log.
+fn replay(log_dir: &Path, wasm: &[u8], tokio: &tokio::runtime::Runtime) -> f64 {
+    let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    std::fs::create_dir_all(scratch.path().join("deploy")).unwrap();
+    std::fs::write(scratch.path().join("deploy/p.wasm"), wasm).unwrap();
+    let (log, writer) = Log::open(log_dir).unwrap();
+    let head = *log.head().borrow();
+    let config = SchedulerConfig {
+        projections: scratch.path().join("deploy"),
+        views: scratch.path().join("views"),
+        cache: Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-cache"),
+        workers: 2,
+        limits: Limits::default(),
+        max_batch: DEFAULT_BATCH,
+    };
+    let start = Instant::now();
+    let projections = Projections::start(config, &log, tokio.handle().clone()).unwrap();
+    let loaded = start.elapsed();
+    assert!(tokio.block_on(projections.wait_for("p", head, Duration::from_secs(600))));
+    let elapsed = start.elapsed() - loaded;
+    let status = projections.status("p").unwrap();
+    assert!(status.last_error.is_none(), "{:?}", status.last_error);
+    projections.shutdown();
+    drop(projections);
+    drop(log);
+    writer.join();
+    head as f64 / elapsed.as_secs_f64()
+}
+
+/// The same logic natively, through the SDK harness, in batches of the server's size.
+fn native<P: Projection>(events: &[(String, &'static str, Value)]) -> f64 {
+    let mut harness = Harness::<P>::new();
+    for (stream, t, d) in events {
+        harness.record(stream, t, d.clone());
+    }
+    let start = Instant::now();
+    harness.catch_up(DEFAULT_BATCH).unwrap();
+    events.len() as f64 / start.elapsed().as_secs_f64()
+}
+
+/// `clients` concurrent keep-alive connections GETting order documents for `seconds`;
+/// returns (requests per second, p50, p99).
+async fn view_gets(
+    base: &str,
+    orders: u64,
+    clients: usize,
+    seconds: Duration,
+) -> (f64, Duration, Duration) {
+    use tokio::io::AsyncWriteExt;
+    let addr = base.trim_start_matches("http://").to_owned();
+    let done = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let (done, addr) = (done.clone(), addr.clone());
+            tokio::spawn(async move {
+                let mut socket = tokio::net::TcpStream::connect(&addr).await.unwrap();
+                socket.set_nodelay(true).unwrap();
+                let mut buffer = vec![0u8; 64 * 1024];
+                let mut latencies = Vec::new();
+                let mut n = c as u64;
+                while start.elapsed() < seconds {
+                    let request = format!(
+                        "GET /projections/order-summary/view/order/{} HTTP/1.1\r\nhost: {addr}\r\n\r\n",
+                        (n * 7919) % orders
+                    );
+                    let sent = Instant::now();
+                    socket.write_all(request.as_bytes()).await.unwrap();
+                    support::read_response(&mut socket, &mut buffer, 200).await;
+                    latencies.push(sent.elapsed());
+                    done.fetch_add(1, Ordering::Relaxed);
+                    n += clients as u64;
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await.unwrap());
+    }
+    let rate = done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    (rate, at(0.5), at(0.99))
+}
+
+fn main() {
+    let runs = var("BENCH_RUNS", 3) as usize;
+    let total = var("BENCH_EVENTS", 1_000_000);
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let log_dir = scratch.path().join("log");
+    let started = Instant::now();
+    let events = build_log(&log_dir, total, &tokio);
+    let orders = events.iter().filter(|e| e.1 == "OrderPlaced").count() as u64;
+    eprintln!(
+        "built a log of {} events ({orders} orders) in {:.1?}",
+        events.len(),
+        started.elapsed()
+    );
+
+    let mut rows: Vec<(String, String)> = Vec::new();
+    let mut report = |name: &str, samples: Vec<f64>| {
+        let m = median(samples.clone());
+        eprintln!("{name}: median {m:.0} of {samples:.0?}");
+        rows.push((name.to_owned(), format!("{m:.0}")));
+        m
+    };
+    for (name, wasm) in [
+        ("stream-stats", guest("stream_stats")),
+        ("order-summary", guest("order_summary")),
+    ] {
+        let samples = (0..runs).map(|_| replay(&log_dir, &wasm, &tokio)).collect();
+        report(&format!("replay {name} through wasm, events/s"), samples);
+    }
+    let samples = (0..runs)
+        .map(|_| native::<StreamStatsProjection>(&events))
+        .collect();
+    report("stream-stats natively (SDK harness), events/s", samples);
+    let samples = (0..runs)
+        .map(|_| native::<OrderSummaryProjection>(&events))
+        .collect();
+    report("order-summary natively (SDK harness), events/s", samples);
+
+    // View GETs: the release server over the same log, order-summary caught up.
+    let data = scratch.path().join("server");
+    std::fs::rename(&log_dir, &data).unwrap();
+    std::fs::create_dir_all(data.join("deploy")).unwrap();
+    std::fs::write(
+        data.join("deploy/order-summary.wasm"),
+        guest("order_summary"),
+    )
+    .unwrap();
+    let server = Server::start(&data);
+    let client = reqwest::Client::new();
+    tokio.block_on(async {
+        let url = format!("{}/projections/order-summary/view/order/0?wait_for={}&timeout_ms=30000", server.base, events.len());
+        while client.get(&url).send().await.unwrap().status() != 200 {}
+        for clients in [1, 16, 64] {
+            let mut rates = Vec::new();
+            let mut p99s = Vec::new();
+            let mut p50s = Vec::new();
+            for _ in 0..runs {
+                let (rate, p50, p99) = view_gets(&server.base, orders, clients, Duration::from_secs(3)).await;
+                rates.push(rate);
+                p50s.push(p50.as_secs_f64() * 1e3);
+                p99s.push(p99.as_secs_f64() * 1e3);
+            }
+            let rate = median(rates.clone());
+            eprintln!("view GET, {clients} clients: {rate:.0}/s of {rates:.0?}; p50 {p50s:.2?} ms; p99 {p99s:.2?} ms");
+            rows.push((
+                format!("view GET by key over HTTP, {clients} clients: requests/s (p50, p99)"),
+                format!("{rate:.0} ({:.2} ms, {:.2} ms)", median(p50s), median(p99s)),
+            ));
+        }
+    });
+
+    println!("| measurement | median |\n|---|---:|");
+    for (name, value) in rows {
+        println!("| {name} | {value} |");
+    }
+}
