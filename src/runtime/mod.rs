@@ -251,8 +251,6 @@ pub struct Code {
 /// What a successful `apply` produced.
 pub struct Applied {
     pub changes: Changes,
-    /// Fuel the call used.
-    pub fuel: u64,
 }
 
 impl Code {
@@ -282,7 +280,6 @@ impl Code {
             .pre
             .instantiate(&mut store)
             .and_then(|instance| instance.call_apply(&mut store, batch));
-        let used = fuel - store.get_fuel().unwrap_or(0);
         let outcome = match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(message)) => Err(Fault {
@@ -295,7 +292,6 @@ impl Code {
         state.log_output(&self.name);
         outcome.map(|()| Applied {
             changes: state.into_changes(),
-            fuel: used,
         })
     }
 

@@ -8,7 +8,7 @@
 //! replays from there. The runner asks for a durable commit now and then ([`ViewStore::commit`])
 //! and on shutdown.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use redb::{Database, Durability, ReadOnlyTable, ReadableDatabase, TableDefinition};
@@ -61,7 +61,6 @@ pub struct Document {
 #[derive(Clone)]
 pub struct ViewStore {
     db: Arc<Database>,
-    path: PathBuf,
 }
 
 impl ViewStore {
@@ -80,14 +79,7 @@ impl ViewStore {
         txn.open_table(DOCUMENTS)?;
         txn.open_table(META)?;
         txn.commit()?;
-        Ok(ViewStore {
-            db: Arc::new(db),
-            path,
-        })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
+        Ok(ViewStore { db: Arc::new(db) })
     }
 
     /// The position of the last event this view has applied (or skipped), 0 for none.
@@ -169,16 +161,6 @@ impl ViewStore {
     pub fn reader(&self) -> Result<Box<dyn ViewReader>, ViewError> {
         let txn = self.db.begin_read()?;
         Ok(Box::new(Snapshot(txn.open_table(DOCUMENTS)?)))
-    }
-
-    /// Closes the store and deletes its file; the caller must hold the last handle.
-    pub fn delete(self) -> Result<(), ViewError> {
-        let path = self.path.clone();
-        drop(self);
-        std::fs::remove_file(&path).map_err(|source| ViewError::Io {
-            path: path.display().to_string(),
-            source,
-        })
     }
 }
 
