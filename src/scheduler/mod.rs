@@ -14,6 +14,7 @@ mod status;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -78,15 +79,51 @@ struct Shared {
     reader: LogReader,
     head: watch::Receiver<Position>,
     entries: RwLock<BTreeMap<String, Entry>>,
+    signal: Arc<Signal>,
+    tokio: tokio::runtime::Handle,
+}
+
+/// The work queue and what wakes the workers. Background tasks (the head follower, fault
+/// retries) hold only this, never a projection: a view database must close as soon as
+/// `Projections` is dropped.
+#[derive(Default)]
+struct Signal {
     queue: Mutex<Queue>,
     wake: Condvar,
-    tokio: tokio::runtime::Handle,
 }
 
 #[derive(Default)]
 struct Queue {
     ready: VecDeque<Arc<Slot>>,
+    /// The head moved, or a backoff ended: a worker should look at every projection.
+    rescan: bool,
     stopping: bool,
+}
+
+impl Signal {
+    /// Queues a projection for a worker, unless the workers are stopping (a queue left
+    /// holding a projection would keep its view open).
+    fn push(&self, slot: Arc<Slot>) {
+        let mut queue = self.queue.lock().expect("queue lock");
+        if queue.stopping {
+            return;
+        }
+        queue.ready.push_back(slot);
+        drop(queue);
+        self.wake.notify_one();
+    }
+
+    /// Asks a worker to look at every projection again; false once stopping.
+    fn rescan(&self) -> bool {
+        let mut queue = self.queue.lock().expect("queue lock");
+        if queue.stopping {
+            return false;
+        }
+        queue.rescan = true;
+        drop(queue);
+        self.wake.notify_one();
+        true
+    }
 }
 
 enum Entry {
@@ -106,6 +143,9 @@ struct Slot {
     progress: watch::Sender<Position>,
     /// The batch after the current one, read while the current one ran.
     prefetched: Mutex<Option<Prefetched>>,
+    /// A faulted projection runs again only when its backoff has passed; set by the retry
+    /// task, which holds only this flag.
+    retry_due: Arc<AtomicBool>,
 }
 
 struct Prefetched {
@@ -119,8 +159,6 @@ struct SlotState {
     /// Queued or being run by a worker.
     scheduled: bool,
     fault: Option<FaultReport>,
-    /// A faulted projection runs again only when its backoff has passed.
-    retry_due: bool,
     rate: status::Rate,
     last_durable: Instant,
 }
@@ -159,8 +197,7 @@ impl Projections {
             reader: log.reader().clone(),
             head: log.head(),
             entries: RwLock::new(entries),
-            queue: Mutex::default(),
-            wake: Condvar::new(),
+            signal: Arc::default(),
             tokio,
         });
         let mut workers = Vec::new();
@@ -173,18 +210,11 @@ impl Projections {
             workers.push(thread);
         }
         shared.schedule_all();
-        // Background tasks hold the scheduler weakly, so that dropping `Projections` closes
-        // every view database.
-        let follower = Arc::downgrade(&shared);
+        let signal = shared.signal.clone();
         let mut head = log.head();
-        shared.tokio.spawn(async move {
-            while head.changed().await.is_ok() {
-                let Some(shared) = follower.upgrade() else {
-                    return;
-                };
-                shared.schedule_all();
-            }
-        });
+        shared
+            .tokio
+            .spawn(async move { while head.changed().await.is_ok() && signal.rescan() {} });
         Ok(Projections {
             shared,
             workers: Mutex::new(workers),
@@ -263,8 +293,12 @@ impl Projections {
 
 impl Projections {
     fn stop_workers(&self) {
-        self.shared.queue.lock().expect("queue lock").stopping = true;
-        self.shared.wake.notify_all();
+        {
+            let mut queue = self.shared.signal.queue.lock().expect("queue lock");
+            queue.stopping = true;
+            queue.ready.clear();
+        }
+        self.shared.signal.wake.notify_all();
         for worker in self.workers.lock().expect("workers lock").drain(..) {
             if worker.join().is_err() {
                 tracing::error!("a projection worker panicked");
@@ -330,12 +364,12 @@ fn load(runtime: &Runtime, views: &Path, name: &str, path: &Path) -> Result<Slot
             checkpoint,
             scheduled: false,
             fault: None,
-            retry_due: false,
             rate: status::Rate::default(),
             last_durable: Instant::now(),
         }),
         progress: watch::Sender::new(checkpoint),
         prefetched: Mutex::new(None),
+        retry_due: Arc::default(),
     })
 }
 
@@ -364,40 +398,39 @@ impl Shared {
         let head = *self.head.borrow();
         {
             let mut state = slot.state.lock().expect("slot lock");
-            let blocked = state.fault.is_some() && !state.retry_due;
+            let blocked = state.fault.is_some() && !slot.retry_due.load(Ordering::Relaxed);
             if state.scheduled || blocked || state.checkpoint >= head {
                 return;
             }
             state.scheduled = true;
         }
-        self.queue
-            .lock()
-            .expect("queue lock")
-            .ready
-            .push_back(slot.clone());
-        self.wake.notify_one();
+        self.signal.push(slot.clone());
     }
 
     fn work(self: Arc<Self>) {
         loop {
             let slot = {
-                let mut queue = self.queue.lock().expect("queue lock");
+                let mut queue = self.signal.queue.lock().expect("queue lock");
                 loop {
                     if queue.stopping {
                         return;
                     }
+                    if queue.rescan {
+                        queue.rescan = false;
+                        drop(queue);
+                        self.schedule_all();
+                        queue = self.signal.queue.lock().expect("queue lock");
+                        continue;
+                    }
                     if let Some(slot) = queue.ready.pop_front() {
                         break slot;
                     }
-                    queue = self.wake.wait(queue).expect("queue lock");
+                    queue = self.signal.wake.wait(queue).expect("queue lock");
                 }
             };
             let next = self.run_batch(&slot);
             match next {
-                Next::Again => {
-                    self.queue.lock().expect("queue lock").ready.push_back(slot);
-                    self.wake.notify_one();
-                }
+                Next::Again => self.signal.push(slot),
                 Next::Idle => {
                     slot.state.lock().expect("slot lock").scheduled = false;
                     // The head may have moved after this batch read it.
@@ -405,13 +438,11 @@ impl Shared {
                 }
                 Next::Faulted(backoff) => {
                     slot.state.lock().expect("slot lock").scheduled = false;
-                    let (shared, slot) = (Arc::downgrade(&self), Arc::downgrade(&slot));
+                    let (signal, retry_due) = (self.signal.clone(), slot.retry_due.clone());
                     self.tokio.spawn(async move {
                         tokio::time::sleep(backoff).await;
-                        if let (Some(shared), Some(slot)) = (shared.upgrade(), slot.upgrade()) {
-                            slot.state.lock().expect("slot lock").retry_due = true;
-                            shared.schedule(&slot);
-                        }
+                        retry_due.store(true, Ordering::Relaxed);
+                        signal.rescan();
                     });
                 }
             }
@@ -532,7 +563,7 @@ impl Slot {
                 .is_some_and(|f| f.position <= checkpoint)
         {
             state.fault = None;
-            state.retry_due = false;
+            self.retry_due.store(false, Ordering::Relaxed);
         }
         drop(state);
         self.progress.send_replace(checkpoint);
@@ -582,7 +613,7 @@ impl Slot {
             stream: event.stream.clone(),
             attempts,
         });
-        state.retry_due = false;
+        self.retry_due.store(false, Ordering::Relaxed);
         Next::Faulted(backoff(attempts))
     }
 
