@@ -16,7 +16,7 @@ use projector::log::{AppendRequest, ExpectedRevision, JsonPayload, Log, NewEvent
 use serde_json::{Value, json};
 
 mod support;
-use support::Server;
+use support::{Lean, Server};
 
 fn settings() -> (Duration, usize) {
     let var = |name, default| {
@@ -79,12 +79,8 @@ async fn appends(base: &str, clients: usize, batch: u64, seconds: Duration) -> f
     done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
 }
 
-/// The same load as [`appends`] with 1 event per request, from a minimal HTTP/1.1 client: one
-/// keep-alive connection per client, a prepared request, and a response read up to its
-/// Content-Length. It costs the shared 2 cores far less than reqwest, so the figure shows more
-/// of what the server can take when its clients run elsewhere.
+/// The same load as [`appends`] with 1 event per request, from [`Lean`] clients.
 async fn lean_appends(base: &str, clients: usize, seconds: Duration) -> f64 {
-    use tokio::io::AsyncWriteExt;
     let addr = base.trim_start_matches("http://").to_owned();
     let done = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
@@ -92,10 +88,8 @@ async fn lean_appends(base: &str, clients: usize, seconds: Duration) -> f64 {
         .map(|c| {
             let (done, addr) = (done.clone(), addr.clone());
             tokio::spawn(async move {
-                let mut socket = tokio::net::TcpStream::connect(&addr).await.unwrap();
-                socket.set_nodelay(true).unwrap();
+                let mut client = Lean::connect(&addr).await;
                 let body = serde_json::to_vec(&[event(c as u64)]).unwrap();
-                let mut buffer = vec![0u8; 64 * 1024];
                 let mut n = 0u64;
                 while start.elapsed() < seconds {
                     let mut request = format!(
@@ -105,8 +99,7 @@ async fn lean_appends(base: &str, clients: usize, seconds: Duration) -> f64 {
                     )
                     .into_bytes();
                     request.extend_from_slice(&body);
-                    socket.write_all(&request).await.unwrap();
-                    support::read_response(&mut socket, &mut buffer, 201).await;
+                    client.exchange(&request, 201).await;
                     done.fetch_add(1, Ordering::Relaxed);
                     n += 1;
                 }

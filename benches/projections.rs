@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 use stream_stats::StreamStatsProjection;
 
 mod support;
-use support::Server;
+use support::{Lean, Server};
 
 fn var(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -175,7 +175,6 @@ async fn view_gets(
     clients: usize,
     seconds: Duration,
 ) -> (f64, Duration, Duration) {
-    use tokio::io::AsyncWriteExt;
     let addr = base.trim_start_matches("http://").to_owned();
     let done = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
@@ -183,9 +182,7 @@ async fn view_gets(
         .map(|c| {
             let (done, addr) = (done.clone(), addr.clone());
             tokio::spawn(async move {
-                let mut socket = tokio::net::TcpStream::connect(&addr).await.unwrap();
-                socket.set_nodelay(true).unwrap();
-                let mut buffer = vec![0u8; 64 * 1024];
+                let mut client = Lean::connect(&addr).await;
                 let mut latencies = Vec::new();
                 let mut n = c as u64;
                 while start.elapsed() < seconds {
@@ -194,8 +191,7 @@ async fn view_gets(
                         (n * 7919) % orders
                     );
                     let sent = Instant::now();
-                    socket.write_all(request.as_bytes()).await.unwrap();
-                    support::read_response(&mut socket, &mut buffer, 200).await;
+                    client.exchange(request.as_bytes(), 200).await;
                     latencies.push(sent.elapsed());
                     done.fetch_add(1, Ordering::Relaxed);
                     n += clients as u64;
