@@ -16,28 +16,17 @@ use projector::log::{AppendRequest, ExpectedRevision, JsonPayload, Log, NewEvent
 use serde_json::{Value, json};
 
 mod support;
-use support::{Lean, Server};
+use support::{Lean, Server, env_number, median};
 
 fn settings() -> (Duration, usize) {
-    let var = |name, default| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
     (
-        Duration::from_secs(var("BENCH_SECONDS", 3)),
-        var("BENCH_RUNS", 3) as usize,
+        Duration::from_secs(env_number("BENCH_SECONDS", 3)),
+        env_number("BENCH_RUNS", 3) as usize,
     )
 }
 
 fn selected(name: &str) -> bool {
     std::env::var("BENCH_ONLY").map_or(true, |only| name.contains(&only))
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
 }
 
 fn event(n: u64) -> Value {

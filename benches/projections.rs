@@ -24,19 +24,7 @@ use serde_json::{Value, json};
 use stream_stats::StreamStatsProjection;
 
 mod support;
-use support::{Lean, Server};
-
-fn var(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
-}
+use support::{Lean, Server, env_number, median};
 
 fn guest(name: &str) -> Vec<u8> {
     std::fs::read(Path::new(env!("PROJECTOR_GUESTS_DIR")).join(format!("{name}.wasm"))).unwrap()
@@ -211,8 +199,8 @@ async fn view_gets(
 }
 
 fn main() {
-    let runs = var("BENCH_RUNS", 3) as usize;
-    let total = var("BENCH_EVENTS", 1_000_000);
+    let runs = env_number("BENCH_RUNS", 3) as usize;
+    let total = env_number("BENCH_EVENTS", 1_000_000);
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

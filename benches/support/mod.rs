@@ -1,4 +1,5 @@
-//! What the benchmarks share: the release server as a child process.
+//! What the benchmarks share: the release server as a child process, a lean HTTP client, and
+//! small helpers.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -92,4 +93,17 @@ impl Lean {
             }
         }
     }
+}
+
+/// A number from the environment, or `default`.
+pub fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+pub fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
 }

@@ -61,11 +61,12 @@ pub async fn document(
     let Path((name, key)) = path.map_err(|r| rejection("invalid_path", r))?;
     let Query(wait) = query.map_err(|r| rejection("invalid_query", r))?;
     let view = ready_view(&state.projections, &name, &wait).await?;
-    let found = tokio::task::spawn_blocking(move || view.get(&key).map(|d| (key, d)))
+    let lookup = key.clone();
+    let found = tokio::task::spawn_blocking(move || view.get(&lookup))
         .await?
         .map_err(ApiError::internal)?;
     match found {
-        (_, Some(document)) => Ok((
+        Some(document) => Ok((
             [(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
@@ -73,7 +74,7 @@ pub async fn document(
             document,
         )
             .into_response()),
-        (key, None) => Err(ApiError::not_found(
+        None => Err(ApiError::not_found(
             "document_not_found",
             format!("projection {name:?} has no document {key:?}"),
         )),
@@ -106,11 +107,10 @@ pub async fn page(
         ));
     }
     let view = ready_view(&state.projections, &name, &params.wait).await?;
-    let (prefix, after) = (params.prefix, params.after);
-    let (documents, position, prefix) = tokio::task::spawn_blocking(move || {
+    let (prefix, after) = (params.prefix.clone(), params.after);
+    let (documents, position) = tokio::task::spawn_blocking(move || {
         // One more than the page shows whether a next page exists.
         view.page(&prefix, after.as_deref(), limit + 1)
-            .map(|(d, p)| (d, p, prefix))
     })
     .await?
     .map_err(ApiError::internal)?;
@@ -128,7 +128,7 @@ pub async fn page(
             let last = last["key"].as_str().unwrap_or_default();
             Some(format!(
                 "/projections/{name}/view?prefix={}&after={}&limit={limit}",
-                utf8_percent_encode(&prefix, NON_ALPHANUMERIC),
+                utf8_percent_encode(&params.prefix, NON_ALPHANUMERIC),
                 utf8_percent_encode(last, NON_ALPHANUMERIC)
             ))
         }

@@ -346,4 +346,4 @@ impl Code {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

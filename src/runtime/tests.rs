@@ -5,7 +5,8 @@ use projector_sdk::{Event, frame};
 
 use super::*;
 
-fn guest(name: &str) -> Vec<u8> {
+/// A component built by `build.rs`, for the library's tests.
+pub(crate) fn guest(name: &str) -> Vec<u8> {
     let path = Path::new(env!("PROJECTOR_GUESTS_DIR")).join(format!("{name}.wasm"));
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }

@@ -10,10 +10,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::log::{AppendRequest, ExpectedRevision, JsonPayload, NewEvent, StreamName};
-
-fn guest(name: &str) -> Vec<u8> {
-    std::fs::read(Path::new(env!("PROJECTOR_GUESTS_DIR")).join(format!("{name}.wasm"))).unwrap()
-}
+use crate::runtime::tests::guest;
 
 /// One generated event: (stream number, kind, numbers for its fields).
 type Spec = (u8, u8, u8);
