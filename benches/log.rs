@@ -16,17 +16,13 @@ use projector::log::{AppendRequest, ExpectedRevision, JsonPayload, Log, NewEvent
 use serde_json::{Value, json};
 
 mod support;
-use support::{Lean, Server, env_number, median};
+use support::{Lean, Server, env_number, median, selected};
 
 fn settings() -> (Duration, usize) {
     (
         Duration::from_secs(env_number("BENCH_SECONDS", 3)),
         env_number("BENCH_RUNS", 3) as usize,
     )
-}
-
-fn selected(name: &str) -> bool {
-    std::env::var("BENCH_ONLY").map_or(true, |only| name.contains(&only))
 }
 
 fn event(n: u64) -> Value {

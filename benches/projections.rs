@@ -7,7 +7,9 @@
 //!   compiled natively and run by the SDK harness over the same events;
 //! - view GETs by key over HTTP against the release server, with latency percentiles.
 //!
-//! `BENCH_RUNS` (default 3) sets the runs per figure, `BENCH_EVENTS` the log's size.
+//! `BENCH_RUNS` (default 3) sets the runs per figure, `BENCH_EVENTS` the log's size, and
+//! `BENCH_ONLY` (a word, such as `replay`, `natively` or `GET`) keeps the measurements whose
+//! name contains it.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -24,7 +26,7 @@ use serde_json::{Value, json};
 use stream_stats::StreamStatsProjection;
 
 mod support;
-use support::{Lean, Server, env_number, median};
+use support::{Lean, Server, env_number, median, selected};
 
 fn guest(name: &str) -> Vec<u8> {
     std::fs::read(Path::new(env!("PROJECTOR_GUESTS_DIR")).join(format!("{name}.wasm"))).unwrap()
@@ -224,22 +226,36 @@ fn main() {
         m
     };
     for (name, wasm) in [
-        ("stream-stats", guest("stream_stats")),
-        ("order-summary", guest("order_summary")),
+        ("stream-stats", "stream_stats"),
+        ("order-summary", "order_summary"),
     ] {
-        let samples = (0..runs).map(|_| replay(&log_dir, &wasm, &tokio)).collect();
-        report(&format!("replay {name} through wasm, events/s"), samples);
+        let title = format!("replay {name} through wasm, events/s");
+        if selected(&title) {
+            let wasm = guest(wasm);
+            let samples = (0..runs).map(|_| replay(&log_dir, &wasm, &tokio)).collect();
+            report(&title, samples);
+        }
     }
-    let samples = (0..runs)
-        .map(|_| native::<StreamStatsProjection>(&events))
-        .collect();
-    report("stream-stats natively (SDK harness), events/s", samples);
-    let samples = (0..runs)
-        .map(|_| native::<OrderSummaryProjection>(&events))
-        .collect();
-    report("order-summary natively (SDK harness), events/s", samples);
+    let title = "stream-stats natively (SDK harness), events/s";
+    if selected(title) {
+        let samples = (0..runs)
+            .map(|_| native::<StreamStatsProjection>(&events))
+            .collect();
+        report(title, samples);
+    }
+    let title = "order-summary natively (SDK harness), events/s";
+    if selected(title) {
+        let samples = (0..runs)
+            .map(|_| native::<OrderSummaryProjection>(&events))
+            .collect();
+        report(title, samples);
+    }
 
     // View GETs: the release server over the same log, order-summary caught up.
+    if !selected("view GET by key") {
+        print_table(rows);
+        return;
+    }
     let data = scratch.path().join("server");
     std::fs::rename(&log_dir, &data).unwrap();
     std::fs::create_dir_all(data.join("deploy")).unwrap();
@@ -272,6 +288,10 @@ fn main() {
         }
     });
 
+    print_table(rows);
+}
+
+fn print_table(rows: Vec<(String, String)>) {
     println!("| measurement | median |\n|---|---:|");
     for (name, value) in rows {
         println!("| {name} | {value} |");

@@ -96,6 +96,11 @@ impl Lean {
 }
 
 /// A number from the environment, or `default`.
+/// Whether a measurement runs: `BENCH_ONLY` (a word) keeps those whose name contains it.
+pub fn selected(name: &str) -> bool {
+    std::env::var("BENCH_ONLY").map_or(true, |only| name.contains(&only))
+}
+
 pub fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()

@@ -5,9 +5,11 @@
 //! to the host once, when the batch ends. A projection that updates the same few documents
 //! for thousands of events therefore pays for JSON and for host calls per key, not per event.
 
-use std::any::Any;
+use std::any::{Any, TypeId};
 
-use rustc_hash::FxHashMap;
+use hashbrown::HashMap;
+use hashbrown::hash_map::EntryRef;
+use rustc_hash::FxBuildHasher;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -28,26 +30,47 @@ enum Entry {
     /// Written as bytes, or deleted (`None`), in this batch.
     Written(Option<Vec<u8>>),
     /// Read or written as a type in this batch; encoded when the batch ends.
-    Typed {
-        value: Box<dyn Any>,
-        encode: fn(&dyn Any) -> Result<Vec<u8>, serde_json::Error>,
-        changed: bool,
-    },
+    Typed(Typed),
+}
+
+struct Typed {
+    /// `value`'s type, kept beside it so that the hot path compares ids without a virtual
+    /// call.
+    type_id: TypeId,
+    value: Box<dyn Any>,
+    encode: fn(&dyn Any) -> Result<Vec<u8>, serde_json::Error>,
+    changed: bool,
+}
+
+impl Typed {
+    fn new<T: Serialize + 'static>(value: T, changed: bool) -> Self {
+        Typed {
+            type_id: TypeId::of::<T>(),
+            value: Box::new(value),
+            encode: encode::<T>,
+            changed,
+        }
+    }
+
+    fn encode(&self) -> Result<Vec<u8>, serde_json::Error> {
+        (self.encode)(self.value.as_ref())
+    }
 }
 
 /// The documents of a projection, for the length of one batch.
 pub struct View<'b> {
     backend: &'b mut dyn Backend,
-    /// Keyed with Fx hashing: a batch looks keys up several times per event, and SipHash's
+    /// Keyed with Fx hashing and looked up by `&str` through `entry_ref`: a batch looks keys
+    /// up several times per event, each access costs one hash and one probe, and SipHash's
     /// resistance to chosen keys buys nothing inside one projection's own sandbox.
-    overlay: FxHashMap<String, Entry>,
+    overlay: HashMap<String, Entry, FxBuildHasher>,
 }
 
 impl<'b> View<'b> {
     pub fn new(backend: &'b mut dyn Backend) -> Self {
         View {
             backend,
-            overlay: FxHashMap::default(),
+            overlay: HashMap::default(),
         }
     }
 
@@ -56,19 +79,14 @@ impl<'b> View<'b> {
         &mut self,
         key: &str,
     ) -> Result<Option<T>, Error> {
-        Ok(self.typed::<T>(key, false)?.map(|doc| doc.clone()))
+        let entry = self.entry(key);
+        Ok(typed::<T>(entry, key, false)?.map(|doc| doc.clone()))
     }
 
     /// Stores `doc` under `key` as JSON.
     pub fn put<T: Serialize + 'static>(&mut self, key: &str, doc: T) -> Result<(), Error> {
-        self.overlay.insert(
-            key.to_owned(),
-            Entry::Typed {
-                value: Box::new(doc),
-                encode: encode::<T>,
-                changed: true,
-            },
-        );
+        self.overlay
+            .insert(key.to_owned(), Entry::Typed(Typed::new(doc, true)));
         Ok(())
     }
 
@@ -78,12 +96,11 @@ impl<'b> View<'b> {
     where
         T: Serialize + DeserializeOwned + Default + 'static,
     {
-        if self.typed::<T>(key, true)?.is_none() {
-            self.put(key, T::default())?;
+        let entry = self.entry(key);
+        if typed::<T>(entry, key, true)?.is_none() {
+            *entry = Entry::Typed(Typed::new(T::default(), true));
         }
-        let doc = self
-            .typed::<T>(key, true)?
-            .expect("the document was just stored");
+        let doc = typed::<T>(entry, key, true)?.expect("the document was just stored");
         Ok(change(doc))
     }
 
@@ -96,7 +113,8 @@ impl<'b> View<'b> {
     where
         T: Serialize + DeserializeOwned + 'static,
     {
-        Ok(self.typed::<T>(key, true)?.map(change))
+        let entry = self.entry(key);
+        Ok(typed::<T>(entry, key, true)?.map(change))
     }
 
     /// Removes the document under `key`, if any.
@@ -106,10 +124,9 @@ impl<'b> View<'b> {
 
     /// The raw bytes under `key`.
     pub fn get_bytes(&mut self, key: &str) -> Result<Option<Vec<u8>>, Error> {
-        self.load(key);
-        Ok(match self.overlay.get(key).expect("loaded") {
+        Ok(match self.entry(key) {
             Entry::Clean(bytes) | Entry::Written(bytes) => bytes.clone(),
-            Entry::Typed { value, encode, .. } => Some(encode(value.as_ref())?),
+            Entry::Typed(typed) => Some(typed.encode()?),
         })
     }
 
@@ -134,66 +151,55 @@ impl<'b> View<'b> {
                 Entry::Clean(_) => {}
                 Entry::Written(Some(bytes)) => self.backend.put(&key, &bytes),
                 Entry::Written(None) => self.backend.delete(&key),
-                Entry::Typed {
-                    value,
-                    encode,
-                    changed: true,
-                } => self.backend.put(&key, &encode(value.as_ref())?),
-                Entry::Typed { changed: false, .. } => {}
+                Entry::Typed(typed) if typed.changed => self.backend.put(&key, &typed.encode()?),
+                Entry::Typed(_) => {}
             }
         }
         Ok(())
     }
 
-    fn load(&mut self, key: &str) {
-        if !self.overlay.contains_key(key) {
-            let bytes = self.backend.get(key);
-            self.overlay.insert(key.to_owned(), Entry::Clean(bytes));
+    /// The overlay's entry for `key`, fetched from the backend on first use.
+    fn entry(&mut self, key: &str) -> &mut Entry {
+        match self.overlay.entry_ref(key) {
+            EntryRef::Occupied(entry) => entry.into_mut(),
+            EntryRef::Vacant(entry) => {
+                let bytes = self.backend.get(key);
+                entry.insert(Entry::Clean(bytes))
+            }
         }
     }
+}
 
-    /// The document under `key` as a `T` held in the overlay, decoding it on first use.
-    /// `mark` records that the caller may change it.
-    fn typed<T>(&mut self, key: &str, mark: bool) -> Result<Option<&mut T>, Error>
-    where
-        T: Serialize + DeserializeOwned + 'static,
-    {
-        self.load(key);
-        let entry = self.overlay.get_mut(key).expect("loaded");
-        let is_t = matches!(entry, Entry::Typed { value, .. } if value.is::<T>());
-        if !is_t {
-            let (bytes, was_written) = match entry {
-                Entry::Clean(bytes) => (bytes.take(), false),
-                Entry::Written(bytes) => (bytes.take(), true),
-                Entry::Typed {
-                    value,
-                    encode,
-                    changed,
-                } => (Some(encode(value.as_ref())?), *changed),
-            };
-            let Some(bytes) = bytes else {
-                *entry = if was_written {
-                    Entry::Written(None)
-                } else {
-                    Entry::Clean(None)
-                };
-                return Ok(None);
-            };
-            let doc: T = serde_json::from_slice(&bytes).map_err(|e| {
-                Error::new(format!("document {key:?} is not the expected shape: {e}"))
-            })?;
-            *entry = Entry::Typed {
-                value: Box::new(doc),
-                encode: encode::<T>,
-                changed: was_written,
-            };
-        }
-        let Entry::Typed { value, changed, .. } = entry else {
-            unreachable!("made typed above")
+/// The document in `entry` as a `T`, decoding it on first use; `None` when there is none.
+/// `mark` records that the caller may change it.
+fn typed<'e, T>(entry: &'e mut Entry, key: &str, mark: bool) -> Result<Option<&'e mut T>, Error>
+where
+    T: Serialize + DeserializeOwned + 'static,
+{
+    let is_t = matches!(entry, Entry::Typed(typed) if typed.type_id == TypeId::of::<T>());
+    if !is_t {
+        let (bytes, was_written) = match entry {
+            Entry::Clean(bytes) => (bytes.take(), false),
+            Entry::Written(bytes) => (bytes.take(), true),
+            Entry::Typed(typed) => (Some(typed.encode()?), typed.changed),
         };
-        *changed |= mark;
-        Ok(value.downcast_mut::<T>())
+        let Some(bytes) = bytes else {
+            *entry = if was_written {
+                Entry::Written(None)
+            } else {
+                Entry::Clean(None)
+            };
+            return Ok(None);
+        };
+        let doc: T = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::new(format!("document {key:?} is not the expected shape: {e}")))?;
+        *entry = Entry::Typed(Typed::new(doc, was_written));
     }
+    let Entry::Typed(typed) = entry else {
+        unreachable!("made typed above")
+    };
+    typed.changed |= mark;
+    Ok(typed.value.downcast_mut::<T>())
 }
 
 fn encode<T: Serialize + 'static>(value: &dyn Any) -> Result<Vec<u8>, serde_json::Error> {

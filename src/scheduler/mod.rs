@@ -1,11 +1,13 @@
 //! The scheduler: runs every loaded projection from its checkpoint to the head of the log,
 //! one batch at a time, on a bounded pool of worker threads.
 //!
-//! A projection with work is queued once; a worker takes it, runs one batch (read after the
-//! checkpoint, filter, `apply` in the guest, commit the view changes and the new checkpoint in
-//! one transaction), and queues it again at the back if it is still behind, so a hundred
-//! projections share the workers fairly and each is run by one worker at a time. New events
-//! reach the scheduler through the log's head watch; nothing polls. A fault stops only its
+//! A projection with work is queued once; a worker takes it for a turn of batches (each: read
+//! after the checkpoint, filter, `apply` in the guest, commit the view changes and the new
+//! checkpoint in one transaction) and queues it again at the back if it is still behind, so a
+//! hundred projections share the workers fairly and each is run by one worker at a time.
+//! Within a turn, a second thread commits each batch and reads the next one while the guest
+//! runs, so a lone projection catching up keeps both cores busy. New events reach the
+//! scheduler through the log's head watch; nothing polls. A fault stops only its
 //! projection: the failing event is found by re-running the batch one event at a time, the
 //! events before it are committed, and the projection is retried with backoff.
 
@@ -32,6 +34,10 @@ pub use status::{FaultReport, State, Status, SubscriptionReport};
 const DURABLE_EVERY: Duration = Duration::from_secs(1);
 /// Longest wait before retrying a faulted projection.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// A worker keeps a projection for at least this long before yielding to others waiting:
+/// long enough that reads and commits overlap the guest over many batches, short enough that
+/// a projection catching up on millions of events holds the others back by little.
+const TURN: Duration = Duration::from_millis(50);
 
 pub struct SchedulerConfig {
     /// The folder of `<name>.wasm` files.
@@ -141,17 +147,16 @@ struct Slot {
     state: Mutex<SlotState>,
     /// The checkpoint, for readers waiting until a position is applied.
     progress: watch::Sender<Position>,
-    /// The batch after the current one, read while the current one ran.
-    prefetched: Mutex<Option<Prefetched>>,
     /// A faulted projection runs again only when its backoff has passed; set by the retry
     /// task, which holds only this flag.
     retry_due: Arc<AtomicBool>,
 }
 
-struct Prefetched {
-    /// The checkpoint the batch follows; it is used only if the projection is still there.
-    after: Position,
-    batch: batch::Batch,
+/// A batch the guest has applied whose changes are not committed yet.
+struct Pending {
+    changes: Arc<Changes>,
+    checkpoint: Position,
+    applied: usize,
 }
 
 struct SlotState {
@@ -368,7 +373,6 @@ fn load(runtime: &Runtime, views: &Path, name: &str, path: &Path) -> Result<Slot
             last_durable: Instant::now(),
         }),
         progress: watch::Sender::new(checkpoint),
-        prefetched: Mutex::new(None),
         retry_due: Arc::default(),
     })
 }
@@ -428,7 +432,7 @@ impl Shared {
                     queue = self.signal.wake.wait(queue).expect("queue lock");
                 }
             };
-            let next = self.run_batch(&slot);
+            let next = self.run_turn(&slot);
             match next {
                 Next::Again => self.signal.push(slot),
                 Next::Idle => {
@@ -449,42 +453,87 @@ impl Shared {
         }
     }
 
-    fn run_batch(&self, slot: &Slot) -> Next {
-        let head = *self.head.borrow();
-        let after = slot.state.lock().expect("slot lock").checkpoint;
-        if after >= head {
-            return Next::Idle;
-        }
-        let prefetched = slot
-            .prefetched
-            .lock()
-            .expect("prefetch lock")
-            .take()
-            .filter(|p| p.after == after);
-        let batch = match prefetched {
-            Some(p) => p.batch,
-            None => match self.read(slot, after, head) {
-                Ok(batch) => batch,
-                Err(e) => return slot.host_fault(after, &e.to_string()),
-            },
-        };
-        if batch.events.is_empty() {
-            return slot.commit(&Changes::new(), batch.checkpoint, 0);
-        }
-        // While catching up, read the next batch on another thread as the guest runs this one:
-        // reading and framing cost a third of a batch, and a lone projection leaves a core idle.
-        std::thread::scope(|scope| {
-            let next = (batch.checkpoint < head).then(|| {
-                scope.spawn(|| (batch.checkpoint, self.read(slot, batch.checkpoint, head)))
-            });
-            let outcome = self.apply(slot, &batch);
-            if let Some(Ok((after, Ok(batch)))) = next.map(|t| t.join())
-                && matches!(outcome, Next::Again)
-            {
-                *slot.prefetched.lock().expect("prefetch lock") = Some(Prefetched { after, batch });
+    /// Runs batches of `slot` until it reaches the head, faults, or has had its turn while
+    /// others wait. Each batch's changes are committed on a helper thread while the guest
+    /// applies the next batch, which reads them through [`ViewStore::reader`]'s pending layer.
+    fn run_turn(&self, slot: &Slot) -> Next {
+        let started = Instant::now();
+        let mut pending: Option<Pending> = None;
+        let mut read_ahead: Option<batch::Batch> = None;
+        loop {
+            let head = *self.head.borrow();
+            let after = pending
+                .as_ref()
+                .map_or_else(|| slot.checkpoint(), |p| p.checkpoint);
+            if after >= head || self.should_yield(started) {
+                let next = if after >= head {
+                    Next::Idle
+                } else {
+                    Next::Again
+                };
+                return slot.settle(pending).map_or_else(|fault| fault, |()| next);
             }
-            outcome
-        })
+            let batch = match read_ahead.take() {
+                Some(batch) => batch,
+                None => match self.read(slot, after, head) {
+                    Ok(batch) => batch,
+                    Err(e) => return slot.settle_then_fault(pending, after, &e.to_string()),
+                },
+            };
+            if batch.events.is_empty() {
+                let p = pending.get_or_insert_with(|| Pending {
+                    changes: Arc::default(),
+                    checkpoint: after,
+                    applied: 0,
+                });
+                p.checkpoint = batch.checkpoint;
+                continue;
+            }
+            let layer = pending
+                .as_ref()
+                .map(|p| p.changes.clone())
+                .unwrap_or_default();
+            let reader = match slot.view.reader(layer) {
+                Ok(reader) => reader,
+                Err(e) => return slot.settle_then_fault(pending, after, &e.to_string()),
+            };
+            let previous = pending.take();
+            let (committed, outcome, ahead) = std::thread::scope(|scope| {
+                let helper = scope.spawn(|| {
+                    let committed = slot.settle(previous);
+                    let ahead = (committed.is_ok() && batch.checkpoint < head)
+                        .then(|| self.read(slot, batch.checkpoint, head));
+                    (committed, ahead)
+                });
+                let outcome = slot.code.apply(&batch.frame, batch.events.len(), reader);
+                let (committed, ahead) = helper.join().expect("the commit thread panicked");
+                (committed, outcome, ahead)
+            });
+            if let Err(fault) = committed {
+                return fault;
+            }
+            match outcome {
+                Ok(applied) => {
+                    pending = Some(Pending {
+                        changes: Arc::new(applied.changes),
+                        checkpoint: batch.checkpoint,
+                        applied: batch.events.len(),
+                    });
+                    read_ahead = ahead.and_then(Result::ok);
+                }
+                Err(fault) if batch.events.len() == 1 => {
+                    return slot.fault(&batch.events[0], fault);
+                }
+                Err(_) => return slot.isolate(&batch.events, batch.checkpoint),
+            }
+        }
+    }
+
+    /// Whether the worker should put its projection back in the queue: the workers are
+    /// stopping, or its turn is over and other work waits.
+    fn should_yield(&self, started: Instant) -> bool {
+        let queue = self.signal.queue.lock().expect("queue lock");
+        queue.stopping || (started.elapsed() >= TURN && (!queue.ready.is_empty() || queue.rescan))
     }
 
     fn read(
@@ -501,18 +550,6 @@ impl Shared {
             head,
             self.max_batch,
         )
-    }
-
-    fn apply(&self, slot: &Slot, batch: &batch::Batch) -> Next {
-        let reader = match slot.view.reader() {
-            Ok(reader) => reader,
-            Err(e) => return slot.host_fault(batch.checkpoint, &e.to_string()),
-        };
-        match slot.code.apply(&batch.frame, batch.events.len(), reader) {
-            Ok(applied) => slot.commit(&applied.changes, batch.checkpoint, batch.events.len()),
-            Err(fault) if batch.events.len() == 1 => slot.fault(&batch.events[0], fault),
-            Err(_) => slot.isolate(&batch.events, batch.checkpoint),
-        }
     }
 }
 
@@ -541,6 +578,26 @@ impl Slot {
             }),
             last_error: state.fault.clone(),
             load_error: None,
+        }
+    }
+
+    fn checkpoint(&self) -> Position {
+        self.state.lock().expect("slot lock").checkpoint
+    }
+
+    /// Commits a pending batch, if any; `Err` holds the fault when the commit failed.
+    fn settle(&self, pending: Option<Pending>) -> Result<(), Next> {
+        match pending.map(|p| self.commit(&p.changes, p.checkpoint, p.applied)) {
+            Some(Next::Faulted(backoff)) => Err(Next::Faulted(backoff)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Commits a pending batch, then records a host fault at the position after `after`.
+    fn settle_then_fault(&self, pending: Option<Pending>, after: Position, message: &str) -> Next {
+        match self.settle(pending) {
+            Ok(()) => self.host_fault(after, message),
+            Err(fault) => fault,
         }
     }
 
@@ -578,7 +635,7 @@ impl Slot {
         for event in events {
             let mut frame = Vec::new();
             batch::encode(&mut frame, event);
-            let reader = match self.view.reader() {
+            let reader = match self.view.reader(Arc::default()) {
                 Ok(reader) => reader,
                 Err(e) => return self.host_fault(event.position - 1, &e.to_string()),
             };

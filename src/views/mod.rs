@@ -157,18 +157,29 @@ impl ViewStore {
         Ok((out, checkpoint))
     }
 
-    /// A reader over the committed documents, for a guest's batch.
-    pub fn reader(&self) -> Result<Box<dyn ViewReader>, ViewError> {
+    /// A reader for a guest's batch: `pending` (changes applied but not yet committed, being
+    /// committed while this batch runs) over the committed documents. The snapshot is taken
+    /// now, so it holds either none or all of `pending`; both read the same through it.
+    pub fn reader(&self, pending: Arc<Changes>) -> Result<Box<dyn ViewReader>, ViewError> {
         let txn = self.db.begin_read()?;
-        Ok(Box::new(Snapshot(txn.open_table(DOCUMENTS)?)))
+        Ok(Box::new(Snapshot {
+            pending,
+            committed: txn.open_table(DOCUMENTS)?,
+        }))
     }
 }
 
-struct Snapshot(ReadOnlyTable<&'static str, &'static [u8]>);
+struct Snapshot {
+    pending: Arc<Changes>,
+    committed: ReadOnlyTable<&'static str, &'static [u8]>,
+}
 
 impl ViewReader for Snapshot {
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
-        self.0
+        if let Some(pending) = self.pending.get(key) {
+            return Ok(pending.clone());
+        }
+        self.committed
             .get(key)
             .map(|g| g.map(|g| g.value().to_vec()))
             .map_err(|e| e.to_string())

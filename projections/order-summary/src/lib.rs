@@ -3,13 +3,17 @@
 //!
 //! Documents:
 //! - `order/<orderId>` → [`OrderSummary`]: customer, lines, total in cents, status;
-//! - `customer/<customerId>` → [`CustomerOrders`]: each of the customer's orders with its
-//!   status and total, kept in step with the order documents.
+//! - `customer/<customerId>/<orderId>` → [`CustomerOrder`]: the order's status and total, kept
+//!   in step with the order document. A customer's list is the page of documents under the
+//!   prefix `customer/<customerId>/`. One small document per order, rather than one growing
+//!   document per customer, keeps each event's cost the same however many orders a customer
+//!   has placed. A `/` or `%` inside an id is written `%2F` or `%25` in keys, so a prefix
+//!   never reaches another customer's orders.
 //!
 //! Events of other types, and unknown fields, are ignored. An event of a known type whose
 //! data lacks a field it needs is refused, which faults the projection at that event.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
 
 use projector_sdk::{Error, Event, Projection, Subscription, View};
 use serde::{Deserialize, Serialize};
@@ -47,15 +51,9 @@ pub struct OrderSummary {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct CustomerOrder {
+    pub order_id: String,
     pub status: Status,
     pub total_cents: u64,
-}
-
-#[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct CustomerOrders {
-    pub customer_id: String,
-    pub orders: BTreeMap<String, CustomerOrder>,
 }
 
 #[derive(Deserialize)]
@@ -113,33 +111,46 @@ impl Projection for OrderSummaryProjection {
             return Ok(());
         };
         let position = event.position;
-        let order = view.update(&format!("order/{order_id}"), |o: &mut OrderSummary| {
-            o.order_id.clone_from(&order_id);
-            change.apply(o);
-            o.total_cents = o
-                .lines
-                .iter()
-                .map(|l| l.quantity * l.unit_price_cents)
-                .sum();
-            o.last_position = position;
-            (o.customer_id.clone(), o.status.clone(), o.total_cents)
-        })?;
+        let order = view.update(
+            &["order/", &segment(&order_id)].concat(),
+            |o: &mut OrderSummary| {
+                o.order_id.clone_from(&order_id);
+                change.apply(o);
+                o.total_cents = o
+                    .lines
+                    .iter()
+                    .map(|l| l.quantity * l.unit_price_cents)
+                    .sum();
+                o.last_position = position;
+                (o.customer_id.clone(), o.status.clone(), o.total_cents)
+            },
+        )?;
         let (Some(customer_id), status, total_cents) = order else {
             return Ok(());
         };
-        view.update(
-            &format!("customer/{customer_id}"),
-            |c: &mut CustomerOrders| {
-                c.customer_id.clone_from(&customer_id);
-                c.orders.insert(
-                    order_id,
-                    CustomerOrder {
-                        status,
-                        total_cents,
-                    },
-                );
+        let key = customer_order_key(&customer_id, &order_id);
+        view.put(
+            &key,
+            CustomerOrder {
+                order_id,
+                status,
+                total_cents,
             },
         )
+    }
+}
+
+/// The key of an order's entry in its customer's list.
+pub fn customer_order_key(customer_id: &str, order_id: &str) -> String {
+    ["customer/", &segment(customer_id), "/", &segment(order_id)].concat()
+}
+
+/// An id as one segment of a key.
+fn segment(id: &str) -> Cow<'_, str> {
+    if id.contains(['/', '%']) {
+        Cow::Owned(id.replace('%', "%25").replace('/', "%2F"))
+    } else {
+        Cow::Borrowed(id)
     }
 }
 
@@ -277,14 +288,12 @@ mod tests {
             json!({"orderId": "2", "reason": "changed mind"}),
         );
         assert_eq!(
-            run.document("customer/c-1"),
-            Some(json!({
-                "customerId": "c-1",
-                "orders": {
-                    "1": {"status": "placed", "totalCents": 2100},
-                    "2": {"status": "cancelled", "totalCents": 0},
-                },
-            }))
+            run.document("customer/c-1/1"),
+            Some(json!({"orderId": "1", "status": "placed", "totalCents": 2100}))
+        );
+        assert_eq!(
+            run.document("customer/c-1/2"),
+            Some(json!({"orderId": "2", "status": "cancelled", "totalCents": 0}))
         );
         assert_eq!(
             run.get::<OrderSummary>("order/2")
@@ -316,6 +325,34 @@ mod tests {
             run.document("order/9").is_none(),
             "user-1 is not in category order"
         );
+    }
+
+    #[test]
+    fn ids_with_slashes_stay_one_key_segment() {
+        let mut run = Harness::<OrderSummaryProjection>::new();
+        run.append(
+            "order-x",
+            "OrderPlaced",
+            json!({"orderId": "7/%", "customerId": "c/1"}),
+        );
+        run.append(
+            "order-y",
+            "OrderPlaced",
+            json!({"orderId": "8", "customerId": "c"}),
+        );
+        assert_eq!(customer_order_key("c/1", "7/%"), "customer/c%2F1/7%2F%25");
+        assert!(run.document("order/7%2F%25").is_some());
+        assert_eq!(
+            run.document("customer/c%2F1/7%2F%25"),
+            Some(json!({"orderId": "7/%", "status": "placed", "totalCents": 0}))
+        );
+        let under_c: Vec<&String> = run
+            .view()
+            .0
+            .keys()
+            .filter(|k| k.starts_with("customer/c/"))
+            .collect();
+        assert_eq!(under_c, ["customer/c/8"]);
     }
 
     #[test]

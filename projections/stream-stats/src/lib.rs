@@ -32,7 +32,7 @@ impl Projection for StreamStatsProjection {
 
     fn apply(view: &mut View, event: &Event) -> Result<(), Error> {
         let first = view.update(
-            &format!("stream/{}", event.stream),
+            &["stream/", event.stream].concat(),
             |s: &mut StreamStats| {
                 s.events += 1;
                 s.last_position = event.position;
