@@ -275,10 +275,12 @@ async fn restarts_mid_stream_apply_every_event_exactly_once() {
 
 #[tokio::test]
 async fn hostile_projections_fault_alone() {
+    // (event type, fault kind, part of the fault's message, server flags)
     let cases = [
-        ("Loop", "out_of_fuel", vec![]),
+        ("Loop", "out_of_fuel", "fuel", vec![]),
         (
             "Loop",
+            "deadline",
             "deadline",
             vec![
                 "--fuel-per-batch",
@@ -287,21 +289,29 @@ async fn hostile_projections_fault_alone() {
                 "1",
             ],
         ),
-        ("Bomb", "memory", vec!["--guest-memory-mib", "64"]),
-        ("Panic", "trap", vec![]),
-        ("Refuse", "refused", vec![]),
-        ("Flood", "writes", vec!["--guest-writes-mib", "8"]),
+        ("Bomb", "memory", "", vec!["--guest-memory-mib", "64"]),
+        ("Panic", "trap", "", vec![]),
+        ("Sleep", "trap", "cannot wait on a clock", vec![]),
+        ("Refuse", "refused", "asked to refuse", vec![]),
+        ("Flood", "writes", "", vec!["--guest-writes-mib", "8"]),
     ];
     let runs: Vec<_> = cases
         .into_iter()
-        .map(|(event_type, kind, flags)| tokio::spawn(hostile_case(event_type, kind, flags)))
+        .map(|(event_type, kind, message, flags)| {
+            tokio::spawn(hostile_case(event_type, kind, message, flags))
+        })
         .collect();
     for run in runs {
         run.await.unwrap();
     }
 }
 
-async fn hostile_case(event_type: &'static str, kind: &'static str, flags: Vec<&'static str>) {
+async fn hostile_case(
+    event_type: &'static str,
+    kind: &'static str,
+    message: &'static str,
+    flags: Vec<&'static str>,
+) {
     let dir = tempfile::tempdir().unwrap();
     deploy(
         dir.path(),
@@ -326,7 +336,8 @@ async fn hostile_case(event_type: &'static str, kind: &'static str, flags: Vec<&
     assert_eq!(error["kind"], kind, "{event_type}: {status}");
     assert_eq!(error["position"], 3, "{status}");
     assert_eq!(error["stream"], "hostile-1");
-    assert!(!error["message"].as_str().unwrap().is_empty());
+    let text = error["message"].as_str().unwrap();
+    assert!(!text.is_empty() && text.contains(message), "{status}");
     assert_eq!(
         status["position"], 2,
         "the events before the bad one are applied"

@@ -6,8 +6,9 @@ use std::time::Duration;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
-use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::component::{HasSelf, Linker, Resource, ResourceTable};
 use wasmtime::{ResourceLimiter, format_err};
+use wasmtime_wasi::p2::DynPollable;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
 
@@ -192,8 +193,36 @@ impl WasiView for GuestState {
 
 pub fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_sync(linker)?;
+    forbid_waiting(linker)?;
     bindings::Projection::add_to_linker::<_, HasSelf<_>>(linker, |s| s)
 }
+
+/// WASI's monotonic clock hands out pollables that sleep for real in host code, where the
+/// epoch deadline cannot interrupt them: a guest sleeping for an hour would hold its worker
+/// for an hour. A projection has nothing to wait for, so both ways to ask for such a pollable
+/// trap instead.
+fn forbid_waiting(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
+    const REFUSAL: &str = "projections cannot wait on a clock (wasi:clocks/monotonic-clock subscriptions are not available)";
+    linker.allow_shadowing(true);
+    let mut clock = linker.instance(MONOTONIC_CLOCK)?;
+    clock.func_wrap(
+        "subscribe-duration",
+        |_, (_,): (u64,)| -> wasmtime::Result<(Resource<DynPollable>,)> {
+            Err(format_err!(REFUSAL))
+        },
+    )?;
+    clock.func_wrap(
+        "subscribe-instant",
+        |_, (_,): (u64,)| -> wasmtime::Result<(Resource<DynPollable>,)> {
+            Err(format_err!(REFUSAL))
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// The interface as `wasmtime-wasi` defines it; imports of earlier 0.2 versions resolve to it.
+const MONOTONIC_CLOCK: &str = "wasi:clocks/monotonic-clock@0.2.12";
 
 /// A clock that always reads zero.
 struct FrozenClock;

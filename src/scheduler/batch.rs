@@ -17,20 +17,24 @@ pub struct Batch {
 }
 
 /// Where a subscription reads from: the whole log, or the streams and categories it names.
-pub fn sources(subscription: &Subscription) -> Vec<Source> {
+/// A stream that no event could ever be appended to is an error, not an empty source.
+pub fn sources(subscription: &Subscription) -> Result<Vec<Source>, String> {
     if subscription.streams.is_empty() && subscription.categories.is_empty() {
-        return vec![Source::All];
+        return Ok(vec![Source::All]);
     }
-    let streams = subscription
-        .streams
-        .iter()
-        .filter_map(|s| StreamName::new(s.clone()).ok())
-        .map(Source::Stream);
-    let categories = subscription
-        .categories
-        .iter()
-        .map(|c| Source::Category(c.clone()));
-    streams.chain(categories).collect()
+    let mut sources = Vec::new();
+    for stream in &subscription.streams {
+        let name = StreamName::new(stream.clone())
+            .map_err(|e| format!("the subscription names stream {stream:?}: {e}"))?;
+        sources.push(Source::Stream(name));
+    }
+    sources.extend(
+        subscription
+            .categories
+            .iter()
+            .map(|c| Source::Category(c.clone())),
+    );
+    Ok(sources)
 }
 
 /// Reads the next batch after `after`, up to `head`.
@@ -94,4 +98,21 @@ pub fn encode(frame: &mut Vec<u8>, event: &RecordedEvent) {
             metadata: &event.metadata,
         },
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_subscription_to_an_impossible_stream_is_refused() {
+        let error = sources(&Subscription::streams(["order-1", "$all"])).unwrap_err();
+        assert!(error.contains("\"$all\""), "{error}");
+        let ok = sources(&Subscription::streams(["order-1"])).unwrap();
+        assert!(matches!(&ok[..], [Source::Stream(s)] if s.as_str() == "order-1"));
+        assert!(matches!(
+            &sources(&Subscription::all()).unwrap()[..],
+            [Source::All]
+        ));
+    }
 }

@@ -357,12 +357,13 @@ pub fn valid_name(name: &str) -> bool {
 fn load(runtime: &Runtime, views: &Path, name: &str, path: &Path) -> Result<Slot, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
     let code = runtime.load(name, &bytes).map_err(|e| e.to_string())?;
+    let sources = batch::sources(code.subscription())?;
     let view = ViewStore::open(views, name, &code.hash().to_string()).map_err(|e| e.to_string())?;
     let checkpoint = view.checkpoint().map_err(|e| e.to_string())?;
     tracing::info!(projection = name, version = %code.hash().short(), checkpoint, "projection loaded");
     Ok(Slot {
         name: name.to_owned(),
-        sources: batch::sources(code.subscription()),
+        sources,
         code,
         view,
         state: Mutex::new(SlotState {

@@ -6,6 +6,7 @@
 //! - `Panic`: panics (a trap);
 //! - `Refuse`: returns an error;
 //! - `Flood`: writes 1 MiB documents without end;
+//! - `Sleep`: sleeps for an hour through WASI's monotonic clock;
 //! - `Print`: prints its data to stdout and counts it like any other event.
 
 use projector_sdk::{Error, Event, Projection, Subscription, View};
@@ -42,6 +43,7 @@ impl Projection for Hostile {
                     view.flush_pending()?;
                 }
             }
+            "Sleep" => std::thread::sleep(std::time::Duration::from_secs(3600)),
             "Print" => println!("{}", String::from_utf8_lossy(event.data)),
             _ => {}
         }
