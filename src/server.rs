@@ -92,6 +92,7 @@ pub async fn serve(
         workers: config.workers,
         limits: config.limits.clone(),
         max_batch: crate::scheduler::DEFAULT_BATCH,
+        watch: true,
     };
     let (handle, reading) = (tokio::runtime::Handle::current(), log.clone());
     let projections = Arc::new(

@@ -3,55 +3,9 @@
 
 mod common;
 
-use std::path::Path;
-use std::time::{Duration, Instant};
-
-use common::{Server, append, client, get_json, guest};
+use common::{Server, append, client, deploy, document, get_json, guest, status_until};
 use reqwest::StatusCode;
-use serde_json::{Value, json};
-
-/// Polls a projection's status until `done` holds (or panics after 60 s).
-async fn status_until(
-    client: &reqwest::Client,
-    server: &Server,
-    name: &str,
-    done: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (status, body) = get_json(client, &server.url(&format!("/projections/{name}"))).await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-        if done(&body) {
-            return body;
-        }
-        assert!(Instant::now() < deadline, "gave up waiting: {body}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn document(
-    client: &reqwest::Client,
-    server: &Server,
-    projection: &str,
-    key: &str,
-    wait_for: u64,
-) -> (StatusCode, Value) {
-    get_json(
-        client,
-        &server.url(&format!(
-            "/projections/{projection}/view/{key}?wait_for={wait_for}"
-        )),
-    )
-    .await
-}
-
-fn deploy(dir: &Path, files: &[(&str, Vec<u8>)]) {
-    let deploy = dir.join("deploy");
-    std::fs::create_dir_all(&deploy).unwrap();
-    for (name, bytes) in files {
-        std::fs::write(deploy.join(format!("{name}.wasm")), bytes).unwrap();
-    }
-}
+use serde_json::json;
 
 #[tokio::test]
 async fn order_summary_documents_follow_the_orders() {

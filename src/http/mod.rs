@@ -18,10 +18,12 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{MethodRouter, get, post};
 use tokio::sync::watch;
 
 pub use error::ApiError;
+
+use projections::Action;
 pub use streams::NDJSON;
 
 use crate::log::Log;
@@ -51,6 +53,11 @@ pub fn router(state: AppState) -> Router {
         .route("/streams/{stream}/live", get(live::subscribe))
         .route("/projections", get(projections::list))
         .route("/projections/{name}", get(projections::status))
+        .route("/projections/{name}/rebuild", control(Action::Rebuild))
+        .route("/projections/{name}/pause", control(Action::Pause))
+        .route("/projections/{name}/resume", control(Action::Resume))
+        .route("/projections/{name}/retry", control(Action::Retry))
+        .route("/projections/{name}/skip", control(Action::Skip))
         .route("/projections/{name}/view", get(projections::page))
         .route(
             "/projections/{name}/view/{*key}",
@@ -66,6 +73,11 @@ pub fn router(state: AppState) -> Router {
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// A `POST` route for an operator's action on a projection.
+fn control(action: Action) -> MethodRouter<AppState> {
+    post(move |State(state): State<AppState>, path| projections::control(state, path, action))
 }
 
 /// `GET /health`: the process is up; reports the log's head position.

@@ -16,7 +16,7 @@ use serde_json::value::RawValue;
 use super::AppState;
 use super::error::{ApiError, rejection};
 use crate::log::Position;
-use crate::scheduler::Projections;
+use crate::scheduler::{ControlError, Projections};
 use crate::views::ViewStore;
 
 const DEFAULT_PAGE: usize = 100;
@@ -42,6 +42,58 @@ pub async fn status(
         .status(&name)
         .ok_or_else(|| unknown(&name))?;
     Ok(axum::Json(status).into_response())
+}
+
+/// What an operator asks of a projection.
+#[derive(Clone, Copy)]
+pub enum Action {
+    Rebuild,
+    Pause,
+    Resume,
+    Retry,
+    Skip,
+}
+
+/// `POST /projections/{name}/{rebuild,pause,resume,retry,skip}`: the status after the action
+/// (202 for a rebuild, which runs on).
+pub async fn control(
+    state: AppState,
+    path: Result<Path<String>, PathRejection>,
+    action: Action,
+) -> Result<Response, ApiError> {
+    let Path(name) = path.map_err(|r| rejection("invalid_path", r))?;
+    let projections = state.projections.clone();
+    let target = name.clone();
+    // Blocking: a rebuild may compile, a skip commits.
+    tokio::task::spawn_blocking(move || match action {
+        Action::Rebuild => projections.rebuild(&target),
+        Action::Pause => projections.pause(&target),
+        Action::Resume => projections.resume(&target),
+        Action::Retry => projections.retry(&target),
+        Action::Skip => projections.skip(&target),
+    })
+    .await?
+    .map_err(refused)?;
+    let status = state
+        .projections
+        .status(&name)
+        .ok_or_else(|| unknown(&name))?;
+    let code = match action {
+        Action::Rebuild => StatusCode::ACCEPTED,
+        _ => StatusCode::OK,
+    };
+    Ok((code, axum::Json(status)).into_response())
+}
+
+fn refused(error: ControlError) -> ApiError {
+    let (status, code) = match &error {
+        ControlError::NotFound(_) => (StatusCode::NOT_FOUND, "projection_not_found"),
+        ControlError::RebuildInProgress(_) => (StatusCode::CONFLICT, "rebuild_in_progress"),
+        ControlError::NotFaulted(_) => (StatusCode::CONFLICT, "not_faulted"),
+        ControlError::Busy(_) => (StatusCode::CONFLICT, "busy"),
+        ControlError::Load { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_projection"),
+    };
+    ApiError::new(status, code, error.to_string())
 }
 
 #[derive(Deserialize)]
@@ -147,7 +199,7 @@ async fn ready_view(
     name: &str,
     wait: &WaitParams,
 ) -> Result<ViewStore, ApiError> {
-    let view = projections.view(name).ok_or_else(|| unknown(name))?;
+    projections.view(name).ok_or_else(|| unknown(name))?;
     if let Some(position) = wait.wait_for {
         let timeout = wait
             .timeout_ms
@@ -161,7 +213,8 @@ async fn ready_view(
             ));
         }
     }
-    Ok(view)
+    // Taken after the wait: a rebuilt version may have been swapped in meanwhile.
+    projections.view(name).ok_or_else(|| unknown(name))
 }
 
 fn unknown(name: &str) -> ApiError {

@@ -12,10 +12,12 @@
 //! events before it are committed, and the projection is retried with backoff.
 
 mod batch;
+mod folder;
+mod registry;
 mod status;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
@@ -25,9 +27,10 @@ use tokio::sync::watch;
 
 use crate::log::{Log, LogReader, Position, RecordedEvent, Source, StorageError};
 use crate::runtime::{Changes, Code, Fault, FaultKind, Limits, Runtime};
-use crate::views::{ViewError, ViewStore};
+use crate::views::{ViewDir, ViewError, ViewStore};
 
-pub use status::{FaultReport, State, Status, SubscriptionReport};
+pub use registry::ControlError;
+pub use status::{FaultReport, RebuildStatus, SkipRecord, State, Status, SubscriptionReport};
 
 /// How often at most a view's commit is made durable (fsync'd); commits in between are
 /// rolled back by a crash, with their checkpoints, and simply replayed.
@@ -50,6 +53,8 @@ pub struct SchedulerConfig {
     pub limits: Limits,
     /// Most events read from one source per batch ([`DEFAULT_BATCH`] unless testing).
     pub max_batch: usize,
+    /// Follow changes to the folder (the server); without it, the folder is read once.
+    pub watch: bool,
 }
 
 /// Events read from one source per batch: large enough that a call into the guest and a
@@ -69,22 +74,31 @@ pub enum SchedulerError {
     View(#[from] ViewError),
     #[error("starting a worker thread: {0}")]
     Thread(std::io::Error),
+    #[error("watching the projections folder {path}: {message}")]
+    Watch { path: String, message: String },
 }
 
 /// The set of projections and the workers that run them.
 pub struct Projections {
     shared: Arc<Shared>,
     workers: Mutex<Vec<JoinHandle<()>>>,
+    /// Dropped first when stopping, so that no deploy starts while the workers stop.
+    folder: Mutex<Option<folder::FolderWatch>>,
 }
 
 struct Shared {
-    /// Kept for as long as projections run: it owns the engine's epoch ticker.
-    _runtime: Runtime,
+    /// Compiles new versions; owns the engine's epoch ticker.
+    runtime: Runtime,
+    /// The folder of `<name>.wasm` files: the one source of truth for what is deployed.
+    folder: PathBuf,
+    views: ViewDir,
     /// Most events read from one source per batch.
     max_batch: usize,
     reader: LogReader,
     head: watch::Receiver<Position>,
-    entries: RwLock<BTreeMap<String, Entry>>,
+    entries: RwLock<BTreeMap<String, registry::Entry>>,
+    /// Held while a version is deployed, rebuilt or removed: one change to the set at a time.
+    deploying: Mutex<()>,
     signal: Arc<Signal>,
     tokio: tokio::runtime::Handle,
 }
@@ -101,6 +115,9 @@ struct Signal {
 #[derive(Default)]
 struct Queue {
     ready: VecDeque<Arc<Slot>>,
+    /// Versions rebuilding from position 0: taken only when no live projection waits, so a
+    /// long rebuild cannot hold the live views back.
+    rebuilding: VecDeque<Arc<Slot>>,
     /// The head moved, or a backoff ended: a worker should look at every projection.
     rescan: bool,
     stopping: bool,
@@ -114,7 +131,11 @@ impl Signal {
         if queue.stopping {
             return;
         }
-        queue.ready.push_back(slot);
+        if slot.rebuilding.load(Ordering::Relaxed) {
+            queue.rebuilding.push_back(slot);
+        } else {
+            queue.ready.push_back(slot);
+        }
         drop(queue);
         self.wake.notify_one();
     }
@@ -132,15 +153,11 @@ impl Signal {
     }
 }
 
-enum Entry {
-    Loaded(Arc<Slot>),
-    /// The file could not be loaded: why.
-    Invalid(String),
-}
-
 /// One loaded projection version.
 struct Slot {
     name: String,
+    /// Its storage in the views folder.
+    storage: String,
     code: Code,
     sources: Vec<Source>,
     view: ViewStore,
@@ -150,6 +167,12 @@ struct Slot {
     /// A faulted projection runs again only when its backoff has passed; set by the retry
     /// task, which holds only this flag.
     retry_due: Arc<AtomicBool>,
+    /// Building from position 0 beside a serving version.
+    rebuilding: AtomicBool,
+    /// Replaced or removed: never run again.
+    retired: AtomicBool,
+    /// Paused by an operator.
+    paused: AtomicBool,
 }
 
 /// A batch the guest has applied whose changes are not committed yet.
@@ -164,6 +187,8 @@ struct SlotState {
     /// Queued or being run by a worker.
     scheduled: bool,
     fault: Option<FaultReport>,
+    /// Events an operator chose to skip, oldest first.
+    skipped: Vec<SkipRecord>,
     rate: status::Rate,
     last_durable: Instant,
 }
@@ -185,26 +210,25 @@ impl Projections {
         tokio: tokio::runtime::Handle,
     ) -> Result<Self, SchedulerError> {
         let runtime = Runtime::new(&config.cache, config.limits.clone())?;
-        let mut entries = BTreeMap::new();
-        for (name, path) in wasm_files(&config.projections)? {
-            let entry = match load(&runtime, &config.views, &name, &path) {
-                Ok(slot) => Entry::Loaded(Arc::new(slot)),
-                Err(reason) => {
-                    tracing::warn!(projection = %name, %reason, "projection not loaded");
-                    Entry::Invalid(reason)
-                }
-            };
-            entries.insert(name, entry);
-        }
         let shared = Arc::new(Shared {
-            _runtime: runtime,
+            runtime,
+            folder: config.projections.clone(),
+            views: ViewDir::new(&config.views),
             max_batch: config.max_batch.max(1),
             reader: log.reader().clone(),
             head: log.head(),
-            entries: RwLock::new(entries),
+            entries: RwLock::default(),
+            deploying: Mutex::default(),
             signal: Arc::default(),
             tokio,
         });
+        // Watch before reading the folder, so that no change falls between the two.
+        let folder = if config.watch {
+            Some(folder::watch(&config.projections, Arc::downgrade(&shared))?)
+        } else {
+            None
+        };
+        shared.reconcile()?;
         let mut workers = Vec::new();
         for n in 0..config.workers.max(1) {
             let shared = shared.clone();
@@ -223,6 +247,7 @@ impl Projections {
         Ok(Projections {
             shared,
             workers: Mutex::new(workers),
+            folder: Mutex::new(folder),
         })
     }
 
@@ -239,58 +264,72 @@ impl Projections {
     pub fn status(&self, name: &str) -> Option<Status> {
         let head = *self.shared.head.borrow();
         let entries = self.shared.entries.read().expect("entries lock");
-        Some(match entries.get(name)? {
-            Entry::Loaded(slot) => slot.status(head),
-            Entry::Invalid(reason) => Status {
-                name: name.to_owned(),
-                state: State::Invalid,
-                version: None,
-                position: 0,
-                head,
-                lag: head,
-                events_per_second: 0.0,
-                subscription: None,
-                last_error: None,
-                load_error: Some(reason.clone()),
-            },
-        })
+        Some(entries.get(name)?.status(name, head))
     }
 
-    /// The view of a loaded projection.
+    /// The view queries are answered from.
     pub fn view(&self, name: &str) -> Option<ViewStore> {
-        match self
-            .shared
-            .entries
-            .read()
-            .expect("entries lock")
-            .get(name)?
-        {
-            Entry::Loaded(slot) => Some(slot.view.clone()),
-            Entry::Invalid(_) => None,
-        }
+        Some(self.shared.serving(name)?.view.clone())
     }
 
-    /// Waits until the projection has applied `position` (true), or `timeout` passes (false).
+    /// Waits until the serving version has applied `position` (true), or `timeout` passes
+    /// (false). A version swapped in meanwhile is waited on in its turn.
     pub async fn wait_for(&self, name: &str, position: Position, timeout: Duration) -> bool {
-        let mut progress = match self.shared.entries.read().expect("entries lock").get(name) {
-            Some(Entry::Loaded(slot)) => slot.progress.subscribe(),
-            _ => return false,
+        let wait = async {
+            loop {
+                let Some(slot) = self.shared.serving(name) else {
+                    return false;
+                };
+                let mut progress = slot.progress.subscribe();
+                let reached = progress
+                    .wait_for(|p| *p >= position || slot.retired.load(Ordering::Relaxed))
+                    .await
+                    .is_ok_and(|p| *p >= position);
+                if reached {
+                    return true;
+                }
+                if !slot.retired.load(Ordering::Relaxed) {
+                    return false;
+                }
+            }
         };
-        tokio::time::timeout(timeout, progress.wait_for(|p| *p >= position))
-            .await
-            .is_ok_and(|r| r.is_ok())
+        tokio::time::timeout(timeout, wait).await.unwrap_or(false)
+    }
+
+    /// Rebuilds the projection from position 0 beside the serving version (blue/green).
+    /// Blocking: it may compile.
+    pub fn rebuild(&self, name: &str) -> Result<(), ControlError> {
+        self.shared.rebuild(name)
+    }
+
+    /// Stops running the projection (and its rebuild) until [`Projections::resume`].
+    pub fn pause(&self, name: &str) -> Result<(), ControlError> {
+        self.shared.set_paused(name, true)
+    }
+
+    pub fn resume(&self, name: &str) -> Result<(), ControlError> {
+        self.shared.set_paused(name, false)
+    }
+
+    /// Runs a faulted version again now rather than when its backoff ends.
+    pub fn retry(&self, name: &str) -> Result<(), ControlError> {
+        self.shared.retry(name)
+    }
+
+    /// Moves a faulted version past the event it fails on, and records that in its status.
+    /// Blocking: it commits.
+    pub fn skip(&self, name: &str) -> Result<(), ControlError> {
+        self.shared.skip(name)
     }
 
     /// Stops the workers after their current batch and makes every view's checkpoint
     /// durable. Blocking.
     pub fn shutdown(&self) {
         self.stop_workers();
-        for entry in self.shared.entries.read().expect("entries lock").values() {
-            if let Entry::Loaded(slot) = entry {
-                let checkpoint = slot.state.lock().expect("slot lock").checkpoint;
-                if let Err(e) = slot.view.commit(&Changes::new(), checkpoint, true) {
-                    tracing::error!(projection = %slot.name, error = %e, "final view commit failed");
-                }
+        for slot in self.shared.slots() {
+            let checkpoint = slot.checkpoint();
+            if let Err(e) = slot.view.commit(&Changes::new(), checkpoint, true) {
+                tracing::error!(projection = %slot.name, error = %e, "final view commit failed");
             }
         }
     }
@@ -298,10 +337,12 @@ impl Projections {
 
 impl Projections {
     fn stop_workers(&self) {
+        drop(self.folder.lock().expect("folder lock").take());
         {
             let mut queue = self.shared.signal.queue.lock().expect("queue lock");
             queue.stopping = true;
             queue.ready.clear();
+            queue.rebuilding.clear();
         }
         self.shared.signal.wake.notify_all();
         for worker in self.workers.lock().expect("workers lock").drain(..) {
@@ -320,75 +361,24 @@ impl Drop for Projections {
     }
 }
 
-fn wasm_files(folder: &Path) -> Result<Vec<(String, PathBuf)>, SchedulerError> {
-    let error = |source| SchedulerError::Folder {
-        path: folder.display().to_string(),
-        source,
-    };
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(folder).map_err(error)? {
-        let path = entry.map_err(error)?.path();
-        let is_wasm = path.extension().is_some_and(|e| e == "wasm") && path.is_file();
-        let Some(name) = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .filter(|_| is_wasm)
-        else {
-            continue;
-        };
-        if valid_name(name) {
-            files.push((name.to_owned(), path));
-        } else {
-            tracing::warn!(file = %path.display(), "ignored: a projection name is 1 to 64 of a-z, 0-9, - and _");
-        }
-    }
-    files.sort();
-    Ok(files)
-}
-
-/// Projection names appear in URLs and file names: keep them plain.
-pub fn valid_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-}
-
-fn load(runtime: &Runtime, views: &Path, name: &str, path: &Path) -> Result<Slot, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    let code = runtime.load(name, &bytes).map_err(|e| e.to_string())?;
-    let sources = batch::sources(code.subscription())?;
-    let view = ViewStore::open(views, name, &code.hash().to_string()).map_err(|e| e.to_string())?;
-    let checkpoint = view.checkpoint().map_err(|e| e.to_string())?;
-    tracing::info!(projection = name, version = %code.hash().short(), checkpoint, "projection loaded");
-    Ok(Slot {
-        name: name.to_owned(),
-        sources,
-        code,
-        view,
-        state: Mutex::new(SlotState {
-            checkpoint,
-            scheduled: false,
-            fault: None,
-            rate: status::Rate::default(),
-            last_durable: Instant::now(),
-        }),
-        progress: watch::Sender::new(checkpoint),
-        retry_due: Arc::default(),
-    })
-}
-
 impl Shared {
+    /// Every version being run, serving or rebuilding.
     fn slots(&self) -> Vec<Arc<Slot>> {
         self.entries
             .read()
             .expect("entries lock")
             .values()
-            .filter_map(|e| match e {
-                Entry::Loaded(slot) => Some(slot.clone()),
-                Entry::Invalid(_) => None,
-            })
+            .flat_map(|e| e.serving.iter().chain(&e.building).cloned())
             .collect()
+    }
+
+    fn serving(&self, name: &str) -> Option<Arc<Slot>> {
+        self.entries
+            .read()
+            .expect("entries lock")
+            .get(name)?
+            .serving
+            .clone()
     }
 
     fn schedule_all(&self) {
@@ -397,10 +387,13 @@ impl Shared {
         }
     }
 
-    /// Queues `slot` if it is behind the head, not queued or running already, and not
-    /// waiting out a fault's backoff.
+    /// Queues `slot` if it is behind the head, not queued or running already, not paused or
+    /// retired, and not waiting out a fault's backoff.
     fn schedule(&self, slot: &Arc<Slot>) {
         let head = *self.head.borrow();
+        if slot.stopped() {
+            return;
+        }
         {
             let mut state = slot.state.lock().expect("slot lock");
             let blocked = state.fault.is_some() && !slot.retry_due.load(Ordering::Relaxed);
@@ -430,6 +423,9 @@ impl Shared {
                     if let Some(slot) = queue.ready.pop_front() {
                         break slot;
                     }
+                    if let Some(slot) = queue.rebuilding.pop_front() {
+                        break slot;
+                    }
                     queue = self.signal.wake.wait(queue).expect("queue lock");
                 }
             };
@@ -457,7 +453,7 @@ impl Shared {
     /// Runs batches of `slot` until it reaches the head, faults, or has had its turn while
     /// others wait. Each batch's changes are committed on a helper thread while the guest
     /// applies the next batch, which reads them through [`ViewStore::reader`]'s pending layer.
-    fn run_turn(&self, slot: &Slot) -> Next {
+    fn run_turn(&self, slot: &Arc<Slot>) -> Next {
         let started = Instant::now();
         let mut pending: Option<Pending> = None;
         let mut read_ahead: Option<batch::Batch> = None;
@@ -466,13 +462,24 @@ impl Shared {
             let after = pending
                 .as_ref()
                 .map_or_else(|| slot.checkpoint(), |p| p.checkpoint);
-            if after >= head || self.should_yield(started) {
-                let next = if after >= head {
-                    Next::Idle
-                } else {
-                    Next::Again
-                };
-                return slot.settle(pending).map_or_else(|fault| fault, |()| next);
+            if slot.stopped() {
+                return slot
+                    .settle(pending)
+                    .map_or_else(|fault| fault, |()| Next::Idle);
+            }
+            if after >= head {
+                if let Err(fault) = slot.settle(pending) {
+                    return fault;
+                }
+                if slot.rebuilding.load(Ordering::Relaxed) {
+                    self.promote(slot);
+                }
+                return Next::Idle;
+            }
+            if self.should_yield(started) {
+                return slot
+                    .settle(pending)
+                    .map_or_else(|fault| fault, |()| Next::Again);
             }
             let batch = match read_ahead.take() {
                 Some(batch) => batch,
@@ -534,7 +541,9 @@ impl Shared {
     /// stopping, or its turn is over and other work waits.
     fn should_yield(&self, started: Instant) -> bool {
         let queue = self.signal.queue.lock().expect("queue lock");
-        queue.stopping || (started.elapsed() >= TURN && (!queue.ready.is_empty() || queue.rescan))
+        queue.stopping
+            || (started.elapsed() >= TURN
+                && (!queue.ready.is_empty() || !queue.rebuilding.is_empty() || queue.rescan))
     }
 
     fn read(
@@ -555,35 +564,13 @@ impl Shared {
 }
 
 impl Slot {
-    fn status(&self, head: Position) -> Status {
-        let state = self.state.lock().expect("slot lock");
-        let s = self.code.subscription();
-        Status {
-            name: self.name.clone(),
-            state: if state.fault.is_some() {
-                State::Faulted
-            } else if state.checkpoint >= head {
-                State::CaughtUp
-            } else {
-                State::Running
-            },
-            version: Some(self.code.hash().to_string()),
-            position: state.checkpoint,
-            head,
-            lag: head.saturating_sub(state.checkpoint),
-            events_per_second: state.rate.per_second(),
-            subscription: Some(SubscriptionReport {
-                streams: s.streams.clone(),
-                categories: s.categories.clone(),
-                event_types: s.event_types.clone(),
-            }),
-            last_error: state.fault.clone(),
-            load_error: None,
-        }
-    }
-
     fn checkpoint(&self) -> Position {
         self.state.lock().expect("slot lock").checkpoint
+    }
+
+    /// Paused or retired: a worker lets go of it.
+    fn stopped(&self) -> bool {
+        self.paused.load(Ordering::Relaxed) || self.retired.load(Ordering::Relaxed)
     }
 
     /// Commits a pending batch, if any; `Err` holds the fault when the commit failed.

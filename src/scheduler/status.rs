@@ -18,6 +18,8 @@ pub enum State {
     CaughtUp,
     /// Stopped at an event it failed on; retried with backoff.
     Faulted,
+    /// Stopped by an operator until resumed.
+    Paused,
     /// Its file could not be loaded; nothing runs.
     Invalid,
 }
@@ -33,6 +35,16 @@ pub struct FaultReport {
     pub stream: String,
     /// How many times in a row this event failed.
     pub attempts: u32,
+}
+
+/// An event an operator skipped after the projection faulted on it.
+#[derive(Clone, Debug, Serialize)]
+pub struct SkipRecord {
+    pub position: Position,
+    pub event_id: String,
+    pub stream: String,
+    pub kind: FaultKind,
+    pub message: String,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -54,8 +66,28 @@ pub struct Status {
     pub events_per_second: f64,
     pub subscription: Option<SubscriptionReport>,
     pub last_error: Option<FaultReport>,
-    /// Why the file could not be loaded, for an invalid projection.
+    /// Why the file's current content could not be loaded: the projection is `invalid`, or
+    /// its previous version keeps running.
     pub load_error: Option<String>,
+    /// Events skipped by an operator.
+    pub skipped: Vec<SkipRecord>,
+    /// The version rebuilding from position 0 beside this one, swapped in when it reaches the
+    /// head.
+    pub rebuild: Option<RebuildStatus>,
+}
+
+/// Progress of a version rebuilding beside the serving one.
+#[derive(Clone, Debug, Serialize)]
+pub struct RebuildStatus {
+    pub state: State,
+    pub version: String,
+    pub position: Position,
+    pub head: Position,
+    pub lag: u64,
+    pub events_per_second: f64,
+    /// Seconds until it reaches the head at the current rate; `None` while there is no rate.
+    pub eta_seconds: Option<f64>,
+    pub last_error: Option<FaultReport>,
 }
 
 /// Positions reached over the last few seconds, for a rate.

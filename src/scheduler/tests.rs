@@ -58,6 +58,7 @@ fn start(dir: &Path, log: &Log, max_batch: usize, tokio: &tokio::runtime::Runtim
         workers: 2,
         limits: Limits::default(),
         max_batch,
+        watch: false,
     };
     Node {
         projections: Projections::start(config, log, tokio.handle().clone()).unwrap(),

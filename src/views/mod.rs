@@ -8,7 +8,7 @@
 //! replays from there. The runner asks for a durable commit now and then ([`ViewStore::commit`])
 //! and on shutdown.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use redb::{Database, Durability, ReadOnlyTable, ReadableDatabase, TableDefinition};
@@ -57,6 +57,114 @@ pub struct Document {
     pub value: Vec<u8>,
 }
 
+/// Where every projection keeps its views: `<root>/<name>/<storage>.redb`, one file per
+/// version being run, and `<root>/<name>/CURRENT` naming the storage that answers queries.
+/// A storage is named by its version hash, with `-<n>` added for a rebuild of the same
+/// version. `CURRENT` is replaced atomically when a rebuilt version is swapped in, so a crash
+/// at any point leaves one serving storage to resume from.
+#[derive(Clone, Debug)]
+pub struct ViewDir {
+    root: PathBuf,
+}
+
+const CURRENT: &str = "CURRENT";
+
+impl ViewDir {
+    pub fn new(root: &Path) -> Self {
+        ViewDir {
+            root: root.to_owned(),
+        }
+    }
+
+    pub fn open(&self, name: &str, storage: &str) -> Result<ViewStore, ViewError> {
+        ViewStore::open(&self.root, name, storage)
+    }
+
+    /// The names that have storage.
+    pub fn names(&self) -> Vec<String> {
+        entries(&self.root)
+            .filter(|p| p.is_dir())
+            .filter_map(|p| Some(p.file_name()?.to_str()?.to_owned()))
+            .collect()
+    }
+
+    /// The storages of `name`, serving or not.
+    pub fn storages(&self, name: &str) -> Vec<String> {
+        entries(&self.root.join(name))
+            .filter(|p| p.extension().is_some_and(|e| e == "redb"))
+            .filter_map(|p| Some(p.file_stem()?.to_str()?.to_owned()))
+            .collect()
+    }
+
+    /// The storage that answers `name`'s queries, if one was recorded.
+    pub fn current(&self, name: &str) -> Option<String> {
+        let text = std::fs::read_to_string(self.root.join(name).join(CURRENT)).ok()?;
+        Some(text.trim().to_owned()).filter(|s| !s.is_empty())
+    }
+
+    /// Records `storage` as the one answering `name`'s queries: written aside, synced, and
+    /// renamed over the previous record.
+    pub fn set_current(&self, name: &str, storage: &str) -> Result<(), ViewError> {
+        let folder = self.root.join(name);
+        let io = |source| ViewError::Io {
+            path: folder.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(&folder).map_err(io)?;
+        let partial = folder.join("CURRENT.partial");
+        {
+            use std::io::Write;
+            let mut file = std::fs::File::create(&partial).map_err(io)?;
+            file.write_all(storage.as_bytes()).map_err(io)?;
+            file.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&partial, folder.join(CURRENT)).map_err(io)?;
+        std::fs::File::open(&folder)
+            .and_then(|dir| dir.sync_all())
+            .map_err(io)
+    }
+
+    /// A storage name for a new build of `version` that no file uses yet.
+    pub fn fresh_storage(&self, name: &str, version: &str) -> String {
+        let taken = self.storages(name);
+        std::iter::once(version.to_owned())
+            .chain((1..).map(|n| format!("{version}-{n}")))
+            .find(|s| !taken.contains(s))
+            .expect("an unused name")
+    }
+
+    /// Deletes one storage. A handle still open elsewhere keeps reading the unlinked file.
+    pub fn remove(&self, name: &str, storage: &str) -> Result<(), ViewError> {
+        let path = self.root.join(name).join(format!("{storage}.redb"));
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(ViewError::Io {
+                path: path.display().to_string(),
+                source: e,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Deletes everything `name` stored.
+    pub fn remove_all(&self, name: &str) -> Result<(), ViewError> {
+        let path = self.root.join(name);
+        match std::fs::remove_dir_all(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(ViewError::Io {
+                path: path.display().to_string(),
+                source: e,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn entries(dir: &Path) -> impl Iterator<Item = PathBuf> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+}
+
 /// The storage of one projection version.
 #[derive(Clone)]
 pub struct ViewStore {
@@ -64,14 +172,14 @@ pub struct ViewStore {
 }
 
 impl ViewStore {
-    /// Opens (or creates) `<dir>/<name>/<version>.redb`.
-    pub fn open(dir: &Path, name: &str, version: &str) -> Result<Self, ViewError> {
+    /// Opens (or creates) `<dir>/<name>/<storage>.redb`.
+    fn open(dir: &Path, name: &str, storage: &str) -> Result<Self, ViewError> {
         let folder = dir.join(name);
         std::fs::create_dir_all(&folder).map_err(|source| ViewError::Io {
             path: folder.display().to_string(),
             source,
         })?;
-        let path = folder.join(format!("{version}.redb"));
+        let path = folder.join(format!("{storage}.redb"));
         let db = Database::builder()
             .set_cache_size(64 * 1024 * 1024)
             .create(&path)?;
@@ -233,5 +341,27 @@ mod tests {
         drop(view);
         let reopened = ViewStore::open(dir.path(), "p", "v1").unwrap();
         assert_eq!(reopened.checkpoint().unwrap(), 9);
+    }
+
+    #[test]
+    fn names_storages_and_records_the_serving_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let views = ViewDir::new(dir.path());
+        assert_eq!(views.current("p"), None);
+        assert_eq!(views.fresh_storage("p", "abc"), "abc");
+        views.open("p", "abc").unwrap();
+        assert_eq!(views.fresh_storage("p", "abc"), "abc-1");
+        views.open("p", "abc-1").unwrap();
+        views.set_current("p", "abc-1").unwrap();
+        assert_eq!(views.current("p").as_deref(), Some("abc-1"));
+        let mut storages = views.storages("p");
+        storages.sort();
+        assert_eq!(storages, ["abc", "abc-1"]);
+        views.remove("p", "abc").unwrap();
+        views.remove("p", "abc").unwrap();
+        assert_eq!(views.storages("p"), ["abc-1"]);
+        assert_eq!(views.names(), ["p"]);
+        views.remove_all("p").unwrap();
+        assert!(views.names().is_empty());
     }
 }

@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use reqwest::StatusCode;
@@ -225,5 +225,48 @@ impl Sse {
             out.push(e);
         }
         out
+    }
+}
+
+/// Polls a projection's status until `done` holds (or panics after 60 s).
+pub async fn status_until(
+    client: &reqwest::Client,
+    server: &Server,
+    name: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = get_json(client, &server.url(&format!("/projections/{name}"))).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        if done(&body) {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "gave up waiting: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub async fn document(
+    client: &reqwest::Client,
+    server: &Server,
+    projection: &str,
+    key: &str,
+    wait_for: u64,
+) -> (StatusCode, Value) {
+    get_json(
+        client,
+        &server.url(&format!(
+            "/projections/{projection}/view/{key}?wait_for={wait_for}"
+        )),
+    )
+    .await
+}
+
+pub fn deploy(dir: &Path, files: &[(&str, Vec<u8>)]) {
+    let deploy = dir.join("deploy");
+    std::fs::create_dir_all(&deploy).unwrap();
+    for (name, bytes) in files {
+        std::fs::write(deploy.join(format!("{name}.wasm")), bytes).unwrap();
     }
 }
