@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+use projector::client::Remote;
 use projector::runtime::Limits;
 use projector::server::{self, ServeConfig};
 
@@ -57,6 +58,74 @@ enum Command {
         #[arg(long, env = "PROJECTOR_GUEST_DEADLINE", default_value_t = 10)]
         guest_deadline: u64,
     },
+    /// Show the projections of a running server: state, version, position, lag, rate,
+    /// rebuilds and faults.
+    Status {
+        /// One projection in detail; all of them as a table without.
+        name: Option<String>,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Rebuild a projection from position 0 beside the serving version, and follow it with a
+    /// progress bar until it is swapped in.
+    Rebuild {
+        name: String,
+        /// Start the rebuild and return at once.
+        #[arg(long)]
+        detach: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Append one event to a stream.
+    Append {
+        stream: String,
+        /// The event's type.
+        #[arg(long = "type")]
+        event_type: String,
+        /// The event's payload, JSON.
+        #[arg(long)]
+        data: String,
+        /// The event's metadata, JSON.
+        #[arg(long)]
+        metadata: Option<String>,
+        /// `any`, `no_stream`, `exists`, or the stream's current revision.
+        #[arg(long)]
+        expected_revision: Option<String>,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Print a stream's events (`$all` for the whole log, `$ce-<category>` for a category).
+    Read {
+        stream: String,
+        /// First revision (of a stream) or position (of `$all` or a category).
+        #[arg(long)]
+        from: Option<u64>,
+        /// Keep printing events as they are appended, until interrupted.
+        #[arg(long)]
+        follow: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct RemoteArgs {
+    /// The server's base URL.
+    #[arg(
+        long,
+        env = "PROJECTOR_SERVER",
+        default_value = "http://127.0.0.1:4600"
+    )]
+    server: String,
+    /// Print the server's JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+impl RemoteArgs {
+    fn remote(&self) -> Remote {
+        Remote::new(&self.server, self.json)
+    }
 }
 
 #[tokio::main]
@@ -99,6 +168,37 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .context("projector serve")?;
         }
+        Command::Status { name, remote } => remote.remote().status(name.as_deref()).await?,
+        Command::Rebuild {
+            name,
+            detach,
+            remote,
+        } => remote.remote().rebuild(&name, detach).await?,
+        Command::Append {
+            stream,
+            event_type,
+            data,
+            metadata,
+            expected_revision,
+            remote,
+        } => {
+            remote
+                .remote()
+                .append(
+                    &stream,
+                    &event_type,
+                    &data,
+                    metadata.as_deref(),
+                    expected_revision.as_deref(),
+                )
+                .await?
+        }
+        Command::Read {
+            stream,
+            from,
+            follow,
+            remote,
+        } => remote.remote().read(&stream, from, follow).await?,
     }
     Ok(())
 }

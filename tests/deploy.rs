@@ -452,3 +452,39 @@ async fn any_sequence_of_replaces_and_rebuilds_ends_at_the_fresh_view() {
     assert_eq!(replaced.len(), 2 * (next_order as usize + 1));
     assert_eq!(replaced, all_documents(&client, &server, "fresh").await);
 }
+
+#[tokio::test]
+async fn a_put_deploys_through_the_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    empty_folder(dir.path());
+    let server = Server::start(dir.path());
+    let client = client();
+    let stats = guest("stream_stats");
+    let put = |name: &str, body: Vec<u8>| {
+        client
+            .put(server.url(&format!("/projections/{name}")))
+            .body(body)
+            .send()
+    };
+    let response = put("stats", stats.clone()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let accepted: Value = response.json().await.unwrap();
+    assert_eq!(
+        std::fs::read(dir.path().join("deploy/stats.wasm")).unwrap(),
+        stats
+    );
+    appears(&client, &server, "stats").await;
+    let status = status_until(&client, &server, "stats", |_| true).await;
+    assert_eq!(status["version"], accepted["version"]);
+
+    for (name, body, code) in [
+        ("Bad Name", stats.clone(), "invalid_name"),
+        ("other", b"hello".to_vec(), "invalid_projection"),
+    ] {
+        let response = put(name, body).await.unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["error"]["code"], code);
+    }
+    assert!(!dir.path().join("deploy/other.wasm").exists());
+}

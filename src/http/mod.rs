@@ -52,7 +52,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/streams/{stream}/live", get(live::subscribe))
         .route("/projections", get(projections::list))
-        .route("/projections/{name}", get(projections::status))
+        .route(
+            "/projections/{name}",
+            get(projections::status).put(projections::put),
+        )
         .route("/projections/{name}/rebuild", control(Action::Rebuild))
         .route("/projections/{name}/pause", control(Action::Pause))
         .route("/projections/{name}/resume", control(Action::Resume))

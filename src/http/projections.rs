@@ -16,7 +16,8 @@ use serde_json::value::RawValue;
 use super::AppState;
 use super::error::{ApiError, rejection};
 use crate::log::Position;
-use crate::scheduler::{ControlError, Projections};
+use crate::runtime::VersionHash;
+use crate::scheduler::{ControlError, Projections, valid_name};
 use crate::views::ViewStore;
 
 const DEFAULT_PAGE: usize = 100;
@@ -42,6 +43,39 @@ pub async fn status(
         .status(&name)
         .ok_or_else(|| unknown(&name))?;
     Ok(axum::Json(status).into_response())
+}
+
+/// `PUT /projections/{name}` with a `.wasm` body: deploys it through the projections folder
+/// (202; the status shows the new version once the watcher has loaded it).
+pub async fn put(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let Path(name) = path.map_err(|r| rejection("invalid_path", r))?;
+    if !valid_name(&name) {
+        return Err(ApiError::bad_request(
+            "invalid_name",
+            "a projection name is 1 to 64 of a-z, 0-9, - and _",
+        ));
+    }
+    if !body.starts_with(b"\0asm") {
+        return Err(ApiError::bad_request(
+            "invalid_projection",
+            "the body is not a WebAssembly component",
+        ));
+    }
+    let version = VersionHash::of(&body).to_string();
+    let projections = state.projections.clone();
+    let target = name.clone();
+    tokio::task::spawn_blocking(move || projections.write_file(&target, &body))
+        .await?
+        .map_err(ApiError::internal)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(serde_json::json!({ "name": name, "version": version })),
+    )
+        .into_response())
 }
 
 /// What an operator asks of a projection.

@@ -29,6 +29,7 @@ use crate::log::{Log, LogReader, Position, RecordedEvent, Source, StorageError};
 use crate::runtime::{Changes, Code, Fault, FaultKind, Limits, Runtime};
 use crate::views::{ViewDir, ViewError, ViewStore};
 
+pub use folder::valid_name;
 pub use registry::ControlError;
 pub use status::{FaultReport, RebuildStatus, SkipRecord, State, Status, SubscriptionReport};
 
@@ -294,6 +295,18 @@ impl Projections {
             }
         };
         tokio::time::timeout(timeout, wait).await.unwrap_or(false)
+    }
+
+    /// Writes `wasm` into the folder as `<name>.wasm` (aside, then renamed in), where the
+    /// watcher picks it up like any other file: the folder stays the one source of truth.
+    /// Blocking.
+    pub fn write_file(&self, name: &str, wasm: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        let partial = self.shared.folder.join(format!(".{name}.wasm.partial"));
+        let mut file = std::fs::File::create(&partial)?;
+        file.write_all(wasm)?;
+        file.sync_all()?;
+        std::fs::rename(&partial, self.shared.folder.join(format!("{name}.wasm")))
     }
 
     /// Rebuilds the projection from position 0 beside the serving version (blue/green).

@@ -1,0 +1,359 @@
+//! The operator's client: the `projector status`, `rebuild`, `append` and `read` commands,
+//! talking to a running server over its HTTP API. Human-readable by default; `--json` prints
+//! the server's JSON unchanged, for scripts.
+
+use std::io::Write;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use reqwest::{Client, Method, StatusCode};
+use serde_json::{Value, json};
+
+/// How often `rebuild` asks for progress.
+const POLL: Duration = Duration::from_millis(200);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the server at {server}: {source}")]
+    Unreachable {
+        server: String,
+        source: reqwest::Error,
+    },
+    /// The server refused the request; its JSON error, as it said it.
+    #[error("{status}: {code}: {message}")]
+    Refused {
+        status: StatusCode,
+        code: String,
+        message: String,
+    },
+    #[error("the server's answer is not what this client expects: {0}")]
+    Protocol(String),
+    #[error("{0} is not JSON: {1}")]
+    Argument(&'static str, serde_json::Error),
+    #[error("the rebuild of {name:?} faulted at position {position}: {message}")]
+    RebuildFaulted {
+        name: String,
+        position: u64,
+        message: String,
+    },
+    #[error("writing the output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+/// A server's address and whether to print JSON.
+pub struct Remote {
+    base: String,
+    json: bool,
+    http: Client,
+}
+
+impl Remote {
+    pub fn new(server: &str, json: bool) -> Self {
+        Remote {
+            base: server.trim_end_matches('/').to_owned(),
+            json,
+            http: Client::new(),
+        }
+    }
+
+    /// `projector status [NAME]`: every projection as a table, or one in detail.
+    pub async fn status(&self, name: Option<&str>) -> Result<(), ClientError> {
+        let path = match name {
+            Some(name) => format!("/projections/{name}"),
+            None => "/projections".to_owned(),
+        };
+        let body = self.call(Method::GET, &path, None).await?;
+        if self.json {
+            return print_json(&body);
+        }
+        let all = match name {
+            Some(_) => vec![body],
+            None => body["projections"].as_array().cloned().unwrap_or_default(),
+        };
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "{:<24} {:<10} {:<12} {:>10} {:>10} {:>10}  REBUILD / ERROR",
+            "NAME", "STATE", "VERSION", "POSITION", "LAG", "EVENTS/S"
+        )?;
+        for p in &all {
+            writeln!(
+                out,
+                "{:<24} {:<10} {:<12} {:>10} {:>10} {:>10.0}  {}",
+                text(&p["name"]),
+                text(&p["state"]),
+                short(&p["version"]),
+                p["position"],
+                p["lag"],
+                p["events_per_second"].as_f64().unwrap_or(0.0),
+                remarks(p),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// `projector rebuild NAME`: starts a blue/green rebuild and, unless `detach`, follows
+    /// it with a progress bar until the new version is swapped in.
+    pub async fn rebuild(&self, name: &str, detach: bool) -> Result<(), ClientError> {
+        let started = self
+            .call(Method::POST, &format!("/projections/{name}/rebuild"), None)
+            .await?;
+        if detach {
+            return if self.json {
+                print_json(&started)
+            } else {
+                println!(
+                    "rebuilding {name}: {}",
+                    short(&started["rebuild"]["version"])
+                );
+                Ok(())
+            };
+        }
+        let bar = if self.json {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::new(0).with_style(
+                ProgressStyle::with_template(
+                    "{msg} [{bar:40}] {pos}/{len} events, {per_sec}, eta {eta}",
+                )
+                .expect("a valid template")
+                .progress_chars("=> "),
+            )
+        };
+        bar.set_message(format!("rebuilding {name}"));
+        let mut status = started;
+        loop {
+            let Some(rebuild) = status.get("rebuild").filter(|r| r.is_object()) else {
+                break;
+            };
+            if let Some(fault) = rebuild.get("last_error").filter(|f| f.is_object()) {
+                bar.abandon();
+                return Err(ClientError::RebuildFaulted {
+                    name: name.to_owned(),
+                    position: fault["position"].as_u64().unwrap_or(0),
+                    message: text(&fault["message"]).to_owned(),
+                });
+            }
+            bar.set_length(rebuild["head"].as_u64().unwrap_or(0));
+            bar.set_position(rebuild["position"].as_u64().unwrap_or(0));
+            tokio::time::sleep(POLL).await;
+            status = self
+                .call(Method::GET, &format!("/projections/{name}"), None)
+                .await?;
+        }
+        bar.finish_and_clear();
+        if self.json {
+            print_json(&status)
+        } else {
+            println!(
+                "{name}: version {} swapped in at position {}",
+                short(&status["version"]),
+                status["position"]
+            );
+            Ok(())
+        }
+    }
+
+    /// `projector append STREAM --type T --data JSON`.
+    pub async fn append(
+        &self,
+        stream: &str,
+        event_type: &str,
+        data: &str,
+        metadata: Option<&str>,
+        expected_revision: Option<&str>,
+    ) -> Result<(), ClientError> {
+        let data: Value =
+            serde_json::from_str(data).map_err(|e| ClientError::Argument("--data", e))?;
+        let mut event = json!({ "type": event_type, "data": data });
+        if let Some(metadata) = metadata {
+            event["metadata"] = serde_json::from_str(metadata)
+                .map_err(|e| ClientError::Argument("--metadata", e))?;
+        }
+        let mut path = format!("/streams/{}", segment(stream));
+        if let Some(expected) = expected_revision {
+            path.push_str(&format!("?expected_revision={}", segment(expected)));
+        }
+        let body = self.call(Method::POST, &path, Some(json!([event]))).await?;
+        if self.json {
+            return print_json(&body);
+        }
+        println!(
+            "appended to {stream} at position {} (revision {})",
+            body["first_position"], body["first_revision"]
+        );
+        Ok(())
+    }
+
+    /// `projector read STREAM [--from N] [--follow]`: the events one per line; following
+    /// goes on with live events until interrupted.
+    pub async fn read(
+        &self,
+        stream: &str,
+        from: Option<u64>,
+        follow: bool,
+    ) -> Result<(), ClientError> {
+        let url = if follow {
+            // Everything from the start unless told otherwise: a stream counts revisions from
+            // 0, `$all` and categories count positions from 1.
+            let from = from.unwrap_or(if stream.starts_with('$') { 1 } else { 0 });
+            format!("{}/streams/{}/live?from={from}", self.base, segment(stream))
+        } else {
+            let from = from.map(|f| format!("?from={f}")).unwrap_or_default();
+            format!("{}/streams/{}{from}", self.base, segment(stream))
+        };
+        let response = self
+            .http
+            .get(&url)
+            .header(
+                reqwest::header::ACCEPT,
+                if follow {
+                    "text/event-stream"
+                } else {
+                    crate::http::NDJSON
+                },
+            )
+            .send()
+            .await
+            .map_err(|source| self.unreachable(source))?;
+        let response = refusal(response).await?;
+        let mut body = response.bytes_stream();
+        let mut buffer = Vec::new();
+        while let Some(chunk) = body.next().await {
+            buffer.extend_from_slice(&chunk.map_err(|source| self.unreachable(source))?);
+            while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buffer.drain(..=end).collect();
+                let line = String::from_utf8_lossy(&line);
+                let line = line.trim_end();
+                let event = if follow {
+                    // Of an SSE message only its data line holds the event.
+                    match line.strip_prefix("data:") {
+                        Some(data) => data.trim_start(),
+                        None => continue,
+                    }
+                } else if line.is_empty() {
+                    continue;
+                } else {
+                    line
+                };
+                self.print_event(event)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn print_event(&self, line: &str) -> Result<(), ClientError> {
+        let mut out = std::io::stdout().lock();
+        if self.json {
+            writeln!(out, "{line}")?;
+        } else {
+            let e: Value =
+                serde_json::from_str(line).map_err(|e| ClientError::Protocol(e.to_string()))?;
+            writeln!(
+                out,
+                "{:>8}  {}@{}  {}  {}",
+                e["position"],
+                text(&e["stream"]),
+                e["revision"],
+                text(&e["type"]),
+                e["data"]
+            )?;
+        }
+        out.flush()?;
+        Ok(())
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, ClientError> {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|source| self.unreachable(source))?;
+        let response = refusal(response).await?;
+        response
+            .json()
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    fn unreachable(&self, source: reqwest::Error) -> ClientError {
+        ClientError::Unreachable {
+            server: self.base.clone(),
+            source,
+        }
+    }
+}
+
+/// The response if it succeeded, else the server's JSON error as a [`ClientError`].
+async fn refusal(response: reqwest::Response) -> Result<reqwest::Response, ClientError> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    Err(ClientError::Refused {
+        status,
+        code: text(&body["error"]["code"]).to_owned(),
+        message: text(&body["error"]["message"]).to_owned(),
+    })
+}
+
+fn print_json(value: &Value) -> Result<(), ClientError> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn text(value: &Value) -> &str {
+    value.as_str().unwrap_or("-")
+}
+
+/// A version hash as the table shows it.
+fn short(value: &Value) -> &str {
+    value.as_str().map_or("-", |v| &v[..v.len().min(12)])
+}
+
+/// The table's last column: a rebuild's progress, a fault, or a file that did not load.
+fn remarks(p: &Value) -> String {
+    let mut parts = Vec::new();
+    if let Some(r) = p.get("rebuild").filter(|r| r.is_object()) {
+        let eta = r["eta_seconds"]
+            .as_f64()
+            .map_or("-".to_owned(), |s| format!("{s:.0}s"));
+        parts.push(format!(
+            "rebuilding {} at {}/{} ({}, eta {eta})",
+            short(&r["version"]),
+            r["position"],
+            r["head"],
+            text(&r["state"]),
+        ));
+    }
+    if let Some(f) = p.get("last_error").filter(|f| f.is_object()) {
+        parts.push(format!(
+            "faulted at {} ({}): {}",
+            f["position"],
+            text(&f["kind"]),
+            text(&f["message"])
+        ));
+    }
+    if let Some(e) = p["load_error"].as_str() {
+        parts.push(format!("file not loaded: {e}"));
+    }
+    parts.join("; ")
+}
+
+/// A stream name or parameter as one URL path segment.
+fn segment(text: &str) -> String {
+    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
