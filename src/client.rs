@@ -123,10 +123,7 @@ impl Remote {
         };
         bar.set_message(format!("rebuilding {name}"));
         let mut status = started;
-        loop {
-            let Some(rebuild) = status.get("rebuild").filter(|r| r.is_object()) else {
-                break;
-            };
+        while let Some(rebuild) = status.get("rebuild").filter(|r| r.is_object()) {
             if let Some(fault) = rebuild.get("last_error").filter(|f| f.is_object()) {
                 bar.abandon();
                 return Err(ClientError::RebuildFaulted {
