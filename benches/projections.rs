@@ -17,104 +17,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use order_summary::OrderSummaryProjection;
-use projector::log::{AppendRequest, ExpectedRevision, JsonPayload, Log, NewEvent, StreamName};
+use projector::log::Log;
 use projector::runtime::Limits;
 use projector::scheduler::{DEFAULT_BATCH, Projections, SchedulerConfig};
 use projector_sdk::Projection;
 use projector_sdk::harness::Harness;
-use serde_json::{Value, json};
+use serde_json::Value;
 use stream_stats::StreamStatsProjection;
 
+#[path = "support/shop.rs"]
+mod shop;
 mod support;
 use support::{Lean, Server, env_number, median, selected};
 
 fn guest(name: &str) -> Vec<u8> {
     std::fs::read(Path::new(env!("PROJECTOR_GUESTS_DIR")).join(format!("{name}.wasm"))).unwrap()
-}
-
-/// The events of order `n`: placed, two or three items, sometimes a removal, then shipped
-/// or cancelled. About five events an order.
-fn order(n: u64) -> Vec<(&'static str, Value)> {
-    let id = n.to_string();
-    let mut events = vec![(
-        "OrderPlaced",
-        json!({"orderId": id, "customerId": format!("c-{}", n % 5000)}),
-    )];
-    for i in 0..2 + n % 2 {
-        events.push((
-            "ItemAdded",
-            json!({"orderId": id, "sku": format!("sku-{}", (n + i) % 500), "quantity": 1 + i, "unitPriceCents": 199 + (n * 7 + i) % 5000}),
-        ));
-    }
-    if n.is_multiple_of(5) {
-        events.push((
-            "ItemRemoved",
-            json!({"orderId": id, "sku": format!("sku-{}", n % 500), "quantity": 1}),
-        ));
-    }
-    events.push(if n.is_multiple_of(10) {
-        (
-            "OrderCancelled",
-            json!({"orderId": id, "reason": "customer request"}),
-        )
-    } else {
-        ("OrderShipped", json!({"orderId": id}))
-    });
-    events
-}
-
-/// Appends orders until the log holds `total` events; returns every event in log order.
-fn build_log(
-    dir: &Path,
-    total: u64,
-    tokio: &tokio::runtime::Runtime,
-) -> Vec<(String, &'static str, Value)> {
-    let (log, writer) = Log::open(dir).unwrap();
-    let mut all = Vec::with_capacity(total as usize);
-    let mut n = 0;
-    tokio.block_on(async {
-        while (all.len() as u64) < total {
-            // 256 orders appended concurrently, so they interleave in the log as in a shop.
-            let mut pending = Vec::new();
-            for _ in 0..256 {
-                let stream = format!("order-{n}");
-                let events: Vec<_> = order(n);
-                let new: Vec<NewEvent> = events
-                    .iter()
-                    .map(|(t, d)| {
-                        NewEvent::new(None, *t, JsonPayload::parse(&d.to_string()).unwrap(), None)
-                            .unwrap()
-                    })
-                    .collect();
-                let request = AppendRequest::new(
-                    StreamName::new(stream.clone()).unwrap(),
-                    ExpectedRevision::NoStream,
-                    new,
-                )
-                .unwrap();
-                let log = log.clone();
-                pending.push((
-                    stream,
-                    events,
-                    tokio::spawn(async move { log.append(request).await.unwrap() }),
-                ));
-                n += 1;
-            }
-            let mut landed = Vec::new();
-            for (stream, events, task) in pending {
-                landed.push((task.await.unwrap().first_position, stream, events));
-            }
-            landed.sort_by_key(|l| l.0);
-            for (_, stream, events) in landed {
-                for (t, d) in events {
-                    all.push((stream.clone(), t, d));
-                }
-            }
-        }
-    });
-    drop(log);
-    writer.join();
-    all
 }
 
 /// Replays `wasm` from 0 to the head; events per second of log.
@@ -211,7 +128,7 @@ fn main() {
     let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let log_dir = scratch.path().join("log");
     let started = Instant::now();
-    let events = build_log(&log_dir, total, &tokio);
+    let events = shop::build_log(&log_dir, total, true, &tokio).events;
     let orders = events.iter().filter(|e| e.1 == "OrderPlaced").count() as u64;
     eprintln!(
         "built a log of {} events ({orders} orders) in {:.1?}",

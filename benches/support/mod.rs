@@ -1,5 +1,6 @@
 //! What the benchmarks share: the release server as a child process, a lean HTTP client, and
 //! small helpers.
+#![allow(dead_code)] // each bench uses its own part of this module
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -36,6 +37,10 @@ impl Server {
             }
         };
         Server { child, base }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
 

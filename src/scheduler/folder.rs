@@ -72,6 +72,8 @@ fn debounce(events: &Receiver<notify::Result<notify::Event>>, shared: &Weak<Shar
             t.saturating_duration_since(Instant::now())
         });
         match events.recv_timeout(wait) {
+            // Reads of a file (ours included) change nothing.
+            Ok(Ok(event)) if event.kind.is_access() => {}
             Ok(Ok(event)) => {
                 if event.need_rescan() {
                     everything_due = Some(Instant::now() + QUIET);

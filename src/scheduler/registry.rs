@@ -167,20 +167,21 @@ impl Shared {
                 entry.and_then(|e| version(e.building.as_ref())),
             )
         };
+        if building == Some(hash) {
+            // Already building this content (a change seen twice, or a requested rebuild).
+            if let Some(entry) = self.entries.write().expect("entries lock").get_mut(name) {
+                entry.file_error = None;
+            }
+            return;
+        }
         if serving == Some(hash) {
-            // Unchanged, or changed back while another version was building.
+            // Unchanged, or changed back while other content was building.
             let mut entries = self.entries.write().expect("entries lock");
             if let Some(entry) = entries.get_mut(name) {
                 entry.file_error = None;
                 if let Some(building) = entry.building.take() {
                     self.discard(&building);
                 }
-            }
-            return;
-        }
-        if building == Some(hash) {
-            if let Some(entry) = self.entries.write().expect("entries lock").get_mut(name) {
-                entry.file_error = None;
             }
             return;
         }
