@@ -52,8 +52,10 @@ const CATEGORY_EXTENTS: Extents = TableDefinition::new("category_extents");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const INDEXED_THROUGH: &str = "indexed_through";
 
-/// Pages redb may keep in memory. The log is read mostly at its tail, so a modest cache serves.
-const CACHE_BYTES: usize = 256 * 1024 * 1024;
+/// Pages redb may keep in memory. The log is read mostly at its tail, so a modest cache serves;
+/// a replay reads it once from end to end, which a cache does not speed up but fills (with
+/// 256 MiB the server held 180 MiB more at the end of a 3,000,000-event replay; BENCHMARKS.md).
+const CACHE_BYTES: usize = 64 * 1024 * 1024;
 
 /// When the index tail is flushed into the index tables.
 #[derive(Clone, Copy, Debug)]
