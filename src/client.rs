@@ -84,8 +84,8 @@ impl Remote {
                 text(&p["name"]),
                 text(&p["state"]),
                 short(&p["version"]),
-                p["position"],
-                p["lag"],
+                number(&p["position"]),
+                number(&p["lag"]),
                 p["events_per_second"].as_f64().unwrap_or(0.0),
                 remarks(p),
             )?;
@@ -250,9 +250,9 @@ impl Remote {
             writeln!(
                 out,
                 "{:>8}  {}@{}  {}  {}",
-                e["position"],
+                number(&e["position"]),
                 text(&e["stream"]),
-                e["revision"],
+                number(&e["revision"]),
                 text(&e["type"]),
                 e["data"]
             )?;
@@ -314,6 +314,11 @@ fn print_json(value: &Value) -> Result<(), ClientError> {
 
 fn text(value: &Value) -> &str {
     value.as_str().unwrap_or("-")
+}
+
+/// A count as text, so that it takes a column's width (`Value`'s `Display` ignores it).
+fn number(value: &Value) -> String {
+    value.as_u64().map_or("-".to_owned(), |n| n.to_string())
 }
 
 /// A version hash as the table shows it.
