@@ -399,6 +399,12 @@ async fn rebuilds_on_request_and_operator_controls() {
     let (_, count) = document(&client, &server, "hostile", "count", head).await;
     assert_eq!(count, 2, "the events around the skipped one are applied");
 
+    // The skip is kept in the view: it survives a restart.
+    server.terminate();
+    let server = Server::start(dir.path());
+    let after = status_until(&client, &server, "hostile", |s| s["state"] == "caught_up").await;
+    assert_eq!(after["skipped"], done["skipped"]);
+
     let (status, body) = post(&client, &server, "/projections/nobody/rebuild").await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),

@@ -126,6 +126,7 @@ fn refused(error: ControlError) -> ApiError {
         ControlError::NotFaulted(_) => (StatusCode::CONFLICT, "not_faulted"),
         ControlError::Busy(_) => (StatusCode::CONFLICT, "busy"),
         ControlError::Load { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_projection"),
+        ControlError::Storage(_) => return ApiError::internal(error),
     };
     ApiError::new(status, code, error.to_string())
 }
@@ -240,6 +241,8 @@ async fn ready_view(
             .map_or(DEFAULT_WAIT, Duration::from_millis)
             .min(MAX_WAIT);
         if !projections.wait_for(name, position, timeout).await {
+            // Removed while waiting, or still there but not that far.
+            projections.view(name).ok_or_else(|| unknown(name))?;
             return Err(ApiError::new(
                 StatusCode::GATEWAY_TIMEOUT,
                 "wait_timeout",

@@ -608,6 +608,12 @@ impl Slot {
         if let Err(e) = self.view.commit(changes, checkpoint, durable) {
             return self.host_fault(checkpoint, &e.to_string());
         }
+        self.committed(checkpoint, applied, durable)
+    }
+
+    /// Records a commit that reached `checkpoint`; one that applied events, or passed the
+    /// faulted event, clears the fault.
+    fn committed(&self, checkpoint: Position, applied: usize, durable: bool) -> Next {
         let mut state = self.state.lock().expect("slot lock");
         if durable {
             state.last_durable = Instant::now();

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use super::status::{self, RebuildStatus, SkipRecord, State, Status, SubscriptionReport};
 use super::{SchedulerError, Shared, Slot, SlotState, batch, folder};
 use crate::log::Position;
-use crate::runtime::{Changes, VersionHash};
+use crate::runtime::VersionHash;
 
 /// What the registry knows about one name.
 #[derive(Default)]
@@ -43,6 +43,8 @@ pub enum ControlError {
     Busy(String),
     #[error("projection {name:?} cannot be loaded: {reason}")]
     Load { name: String, reason: String },
+    #[error("view storage: {0}")]
+    Storage(String),
 }
 
 impl Entry {
@@ -266,6 +268,12 @@ impl Shared {
         let sources = batch::sources(code.subscription())?;
         let view = self.views.open(name, storage).map_err(|e| e.to_string())?;
         let checkpoint = view.checkpoint().map_err(|e| e.to_string())?;
+        let skipped = view
+            .skipped()
+            .map_err(|e| e.to_string())?
+            .iter()
+            .filter_map(|bytes| serde_json::from_slice(bytes).ok())
+            .collect();
         tracing::info!(
             projection = name, version = %code.hash().short(), storage, checkpoint, rebuilding,
             "projection loaded"
@@ -280,7 +288,7 @@ impl Shared {
                 checkpoint,
                 scheduled: false,
                 fault: None,
-                skipped: Vec::new(),
+                skipped,
                 rate: status::Rate::default(),
                 last_durable: Instant::now(),
             }),
@@ -419,27 +427,32 @@ impl Shared {
             state.scheduled = true;
             fault
         };
-        let committed = slot.commit(&Changes::new(), fault.position, 0);
+        let record = SkipRecord {
+            position: fault.position,
+            event_id: fault.event_id,
+            stream: fault.stream,
+            kind: fault.kind,
+            message: fault.message,
+        };
+        let why = serde_json::to_vec(&record).expect("a record serializes");
+        let skipped = slot.view.skip(record.position, &why);
+        if skipped.is_ok() {
+            slot.committed(record.position, 0, true);
+            tracing::warn!(
+                projection = name,
+                position = record.position,
+                "event skipped by an operator"
+            );
+        }
         {
             let mut state = slot.state.lock().expect("slot lock");
             state.scheduled = false;
-            if matches!(committed, super::Next::Again) {
-                tracing::warn!(
-                    projection = name,
-                    position = fault.position,
-                    "event skipped by an operator"
-                );
-                state.skipped.push(SkipRecord {
-                    position: fault.position,
-                    event_id: fault.event_id,
-                    stream: fault.stream,
-                    kind: fault.kind,
-                    message: fault.message,
-                });
+            if skipped.is_ok() {
+                state.skipped.push(record);
             }
         }
         self.schedule(&slot);
-        Ok(())
+        skipped.map_err(|e| ControlError::Storage(e.to_string()))
     }
 
     /// The serving and building versions of `name`.

@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::log::Position;
 use crate::runtime::FaultKind;
@@ -37,8 +37,9 @@ pub struct FaultReport {
     pub attempts: u32,
 }
 
-/// An event an operator skipped after the projection faulted on it.
-#[derive(Clone, Debug, Serialize)]
+/// An event an operator skipped after the projection faulted on it. Kept in the view, with the
+/// checkpoint that steps past it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SkipRecord {
     pub position: Position,
     pub event_id: String,

@@ -11,13 +11,15 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use redb::{Database, Durability, ReadOnlyTable, ReadableDatabase, TableDefinition};
+use redb::{Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::log::Position;
 use crate::runtime::{Changes, ViewReader};
 
 const DOCUMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("documents");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Events an operator skipped, by position: what the view is missing, and why.
+const SKIPPED: TableDefinition<u64, &[u8]> = TableDefinition::new("skipped");
 const CHECKPOINT: &str = "checkpoint";
 
 #[derive(Debug, thiserror::Error)]
@@ -186,6 +188,7 @@ impl ViewStore {
         let txn = db.begin_write()?;
         txn.open_table(DOCUMENTS)?;
         txn.open_table(META)?;
+        txn.open_table(SKIPPED)?;
         txn.commit()?;
         Ok(ViewStore { db: Arc::new(db) })
     }
@@ -195,6 +198,29 @@ impl ViewStore {
         let txn = self.db.begin_read()?;
         let meta = txn.open_table(META)?;
         Ok(meta.get(CHECKPOINT)?.map_or(0, |g| g.value()))
+    }
+
+    /// Steps the checkpoint past the event at `position` without applying it, and records
+    /// `why` for it, in one durable transaction.
+    pub fn skip(&self, position: Position, why: &[u8]) -> Result<(), ViewError> {
+        let txn = self.db.begin_write()?;
+        {
+            txn.open_table(SKIPPED)?.insert(position, why)?;
+            txn.open_table(META)?.insert(CHECKPOINT, position)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// What [`ViewStore::skip`] recorded, by position.
+    pub fn skipped(&self) -> Result<Vec<Vec<u8>>, ViewError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(SKIPPED)?;
+        let mut out = Vec::new();
+        for item in table.iter()? {
+            out.push(item?.1.value().to_vec());
+        }
+        Ok(out)
     }
 
     /// Writes a batch's changes and its checkpoint in one transaction.
