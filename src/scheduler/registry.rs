@@ -201,9 +201,9 @@ impl Shared {
         hash: VersionHash,
         beside: bool,
     ) -> Result<(), String> {
-        let storage = match self.views.current(name) {
-            Some(current) if !beside && current.starts_with(&hash.to_string()) => current,
-            _ => self.views.fresh_storage(name, &hash.to_string()),
+        let (storage, fresh) = match self.views.current(name) {
+            Some(current) if !beside && current.starts_with(&hash.to_string()) => (current, false),
+            _ => (self.views.fresh_storage(name, &hash.to_string()), true),
         };
         let slot = match self.load(name, bytes, &storage, beside) {
             Ok(slot) => {
@@ -219,7 +219,8 @@ impl Shared {
                 Arc::new(slot)
             }
             Err(reason) => {
-                if let Err(e) = self.views.remove(name, &storage) {
+                // A view that was to be resumed stays for the next attempt.
+                if fresh && let Err(e) = self.views.remove(name, &storage) {
                     tracing::warn!(projection = name, error = %e, "removing the storage of a failed load");
                 }
                 self.file_error(name, reason.clone());
