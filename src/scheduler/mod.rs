@@ -1,5 +1,7 @@
-//! The scheduler: runs every loaded projection from its checkpoint to the head of the log,
-//! one batch at a time, on a bounded pool of worker threads.
+//! The scheduler: runs every loaded projection version from its checkpoint to the head of
+//! the log, in batches, on a bounded pool of worker threads. Which versions exist is the
+//! registry's business (`registry.rs`), kept in step with the projections folder
+//! (`folder.rs`).
 //!
 //! A projection with work is queued once; a worker takes it for a turn of batches (each: read
 //! after the checkpoint, filter, `apply` in the guest, commit the view changes and the new
