@@ -12,7 +12,6 @@
 //! `BENCH_RUNS` (default 3) sets the runs of the drop measurement. The 10,000,000-event figure
 //! in BENCHMARKS.md is `BENCH_EVENTS=10000000 cargo bench --bench deploy`, run by hand.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -22,11 +21,7 @@ use serde_json::Value;
 #[path = "support/shop.rs"]
 mod shop;
 mod support;
-use support::{Lean, Server, env_number, median};
-
-fn guest(name: &str) -> Vec<u8> {
-    std::fs::read(Path::new(env!("PROJECTOR_GUESTS_DIR")).join(format!("{name}.wasm"))).unwrap()
-}
+use support::{Lean, Server, env_number, guest, median, quantile};
 
 /// The component with a custom section naming `tag`: new content, so nothing is cached.
 fn unseen(wasm: &[u8], tag: &str) -> Vec<u8> {
@@ -60,10 +55,7 @@ async fn get_json(client: &reqwest::Client, url: &str) -> (u16, Value) {
 fn main() {
     let runs = env_number("BENCH_RUNS", 3) as usize;
     let total = env_number("BENCH_EVENTS", 1_000_000);
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let tokio = support::runtime();
     let client = reqwest::Client::new();
     let summary = guest("order_summary");
     let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
@@ -163,7 +155,7 @@ fn main() {
         (rebuild, latencies, peak_rss)
     });
     let peak_ever = proc_kib(server.pid(), "VmHWM:");
-    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    let at = |q: f64| quantile(&latencies, q);
     let seconds = rebuild.as_secs_f64();
     eprintln!(
         "rebuild of order-summary over {head} events: {seconds:.1} s ({:.0} events/s); RSS caught up {} MiB, peak sampled during the rebuild {} MiB, process peak (VmHWM) {} MiB; {} view GETs meanwhile, p50 {:.2?}, p99 {:.2?}",

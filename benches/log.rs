@@ -161,10 +161,7 @@ async fn direct_batches(dir: &Path, seconds: Duration) -> f64 {
 
 fn main() {
     let (seconds, runs) = settings();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = support::runtime();
     let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let mut rows: Vec<(String, f64)> = Vec::new();
     let mut report = |name: String, samples: Vec<f64>| {

@@ -28,11 +28,7 @@ use stream_stats::StreamStatsProjection;
 #[path = "support/shop.rs"]
 mod shop;
 mod support;
-use support::{Lean, Server, env_number, median, selected};
-
-fn guest(name: &str) -> Vec<u8> {
-    std::fs::read(Path::new(env!("PROJECTOR_GUESTS_DIR")).join(format!("{name}.wasm"))).unwrap()
-}
+use support::{Lean, Server, env_number, guest, median, quantile, selected};
 
 /// Replays `wasm` from 0 to the head; events per second of log.
 fn replay(log_dir: &Path, wasm: &[u8], tokio: &tokio::runtime::Runtime) -> f64 {
@@ -114,17 +110,13 @@ async fn view_gets(
     }
     let rate = done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
     latencies.sort();
-    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
-    (rate, at(0.5), at(0.99))
+    (rate, quantile(&latencies, 0.5), quantile(&latencies, 0.99))
 }
 
 fn main() {
     let runs = env_number("BENCH_RUNS", 3) as usize;
     let total = env_number("BENCH_EVENTS", 1_000_000);
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let tokio = support::runtime();
     let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let log_dir = scratch.path().join("log");
     let started = Instant::now();
