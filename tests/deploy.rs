@@ -5,9 +5,12 @@ mod common;
 
 use std::io::Write;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Server, append, client, deploy, document, get_json, guest, status_until};
+use common::{
+    Server, append, client, deploy, document, get_json, guest, poll_projection, projection_names,
+    status_until,
+};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -63,29 +66,27 @@ async fn head(client: &reqwest::Client, server: &Server) -> u64 {
 
 /// Waits until `name` is a projection (its file was picked up).
 async fn appears(client: &reqwest::Client, server: &Server, name: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while get_json(client, &server.url(&format!("/projections/{name}")))
-        .await
-        .0
-        != StatusCode::OK
-    {
-        assert!(Instant::now() < deadline, "{name} never appeared");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll_projection(
+        client,
+        server,
+        name,
+        Duration::from_secs(30),
+        |status, _| status == StatusCode::OK,
+    )
+    .await;
 }
 
 /// Waits until `name` is not a projection any more.
 async fn gone(client: &reqwest::Client, server: &Server, name: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (status, body) = get_json(client, &server.url(&format!("/projections/{name}"))).await;
-        if status == StatusCode::NOT_FOUND {
-            assert_eq!(body["error"]["code"], "projection_not_found");
-            return;
-        }
-        assert!(Instant::now() < deadline, "still there: {body}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let body = poll_projection(
+        client,
+        server,
+        name,
+        Duration::from_secs(30),
+        |status, _| status == StatusCode::NOT_FOUND,
+    )
+    .await;
+    assert_eq!(body["error"]["code"], "projection_not_found");
 }
 
 async fn orders(client: &reqwest::Client, server: &Server, from: u64, count: u64) -> u64 {
@@ -133,8 +134,7 @@ async fn files_are_deployed_replaced_blue_green_and_removed() {
     empty_folder(dir.path());
     let server = Server::start(dir.path());
     let client = client();
-    let (_, list) = get_json(&client, &server.url("/projections")).await;
-    assert_eq!(list["projections"], json!([]));
+    assert!(projection_names(&client, &server).await.is_empty());
     let last = orders(&client, &server, 0, 10).await;
 
     // Added: runs from position 0.
@@ -287,14 +287,10 @@ async fn a_restart_reconciles_the_folder_with_the_views() {
     std::fs::write(dir.path().join("deploy/added.wasm"), &categories).unwrap();
 
     let server = Server::start(dir.path());
-    let (_, list) = get_json(&client, &server.url("/projections")).await;
-    let names: Vec<&str> = list["projections"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["added", "changed", "kept"]);
+    assert_eq!(
+        projection_names(&client, &server).await,
+        ["added", "changed", "kept"]
+    );
     assert!(!dir.path().join("views/dropped").exists());
     assert_eq!(storages(dir.path(), "kept"), kept, "unchanged: resumed");
     let status = status_until(&client, &server, "changed", |s| s["position"] == last).await;

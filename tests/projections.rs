@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::{Server, append, client, deploy, document, get_json, guest, status_until};
+use common::{
+    Server, append, client, deploy, document, get_json, guest, projection_names, status_until,
+};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -12,14 +14,10 @@ async fn order_summary_documents_follow_the_orders() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
     let client = client();
-    let (_, names) = get_json(&client, &server.url("/projections")).await;
-    let names: Vec<&str> = names["projections"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["category-index", "order-summary", "stream-stats"]);
+    assert_eq!(
+        projection_names(&client, &server).await,
+        ["category-index", "order-summary", "stream-stats"]
+    );
 
     let placed = |order: &str, customer: &str| json!({"type": "OrderPlaced", "data": {"orderId": order, "customerId": customer}});
     let added = |order: &str, sku: &str, quantity: u64, price: u64| json!({"type": "ItemAdded", "data": {"orderId": order, "sku": sku, "quantity": quantity, "unitPriceCents": price}});

@@ -228,23 +228,58 @@ impl Sse {
     }
 }
 
-/// Polls a projection's status until `done` holds (or panics after 60 s).
+/// Polls `GET /projections/{name}` until `done` holds for its answer (or panics after
+/// `patience`).
+pub async fn poll_projection(
+    client: &reqwest::Client,
+    server: &Server,
+    name: &str,
+    patience: Duration,
+    done: impl Fn(StatusCode, &Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + patience;
+    loop {
+        let (status, body) = get_json(client, &server.url(&format!("/projections/{name}"))).await;
+        if done(status, &body) {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gave up waiting on {name}: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls a projection's status, which must be there, until `done` holds (or panics after 60 s).
 pub async fn status_until(
     client: &reqwest::Client,
     server: &Server,
     name: &str,
     done: impl Fn(&Value) -> bool,
 ) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (status, body) = get_json(client, &server.url(&format!("/projections/{name}"))).await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-        if done(&body) {
-            return body;
-        }
-        assert!(Instant::now() < deadline, "gave up waiting: {body}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    poll_projection(
+        client,
+        server,
+        name,
+        Duration::from_secs(60),
+        |status, body| {
+            assert_eq!(status, StatusCode::OK, "{body}");
+            done(body)
+        },
+    )
+    .await
+}
+
+/// The names `GET /projections` lists, in its order.
+pub async fn projection_names(client: &reqwest::Client, server: &Server) -> Vec<String> {
+    let (_, list) = get_json(client, &server.url("/projections")).await;
+    list["projections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 pub async fn document(
