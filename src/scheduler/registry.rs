@@ -206,18 +206,7 @@ impl Shared {
             _ => (self.views.fresh_storage(name, &hash.to_string()), true),
         };
         let slot = match self.load(name, bytes, &storage, beside) {
-            Ok(slot) => {
-                // A rebuild of a paused projection waits for it to be resumed.
-                let paused = self
-                    .entries
-                    .read()
-                    .expect("entries lock")
-                    .get(name)
-                    .and_then(|e| e.serving.as_ref())
-                    .is_some_and(|s| s.paused.load(Ordering::Relaxed));
-                slot.paused.store(paused && beside, Ordering::Relaxed);
-                Arc::new(slot)
-            }
+            Ok(slot) => Arc::new(slot),
             Err(reason) => {
                 // A view that was to be resumed stays for the next attempt.
                 if fresh && let Err(e) = self.views.remove(name, &storage) {
@@ -246,6 +235,12 @@ impl Shared {
             let entry = entries.entry(name.to_owned()).or_default();
             entry.file_error = None;
             let previous = if beside {
+                // A rebuild of a paused projection waits for it to be resumed.
+                let paused = entry
+                    .serving
+                    .as_ref()
+                    .is_some_and(|s| s.paused.load(Ordering::Relaxed));
+                slot.paused.store(paused, Ordering::Relaxed);
                 entry.building.replace(slot.clone())
             } else {
                 entry.serving.replace(slot.clone())
