@@ -20,7 +20,8 @@ fn main() {
         .current_dir(&root)
         .args([
             "build",
-            "--release",
+            "--profile",
+            "guest",
             "--target",
             "wasm32-wasip2",
             "--target-dir",
@@ -48,7 +49,7 @@ fn main() {
         "building the guest components for wasm32-wasip2 failed (is the target installed? \
          `rustup target add wasm32-wasip2`)"
     );
-    let out = target_dir.join("wasm32-wasip2").join("release");
+    let out = target_dir.join("wasm32-wasip2").join("guest");
     println!("cargo:rustc-env=PROJECTOR_GUESTS_DIR={}", out.display());
     for watched in ["sdk", "projections", "tests/guests", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());

@@ -42,7 +42,7 @@ pub mod guest;
 pub use serde_json;
 pub use view::{Backend, View};
 
-use serde::de::DeserializeOwned;
+use serde::Deserialize;
 
 /// One event of the log, as a projection receives it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,7 +63,7 @@ pub struct Event<'a> {
     pub metadata: &'a [u8],
 }
 
-impl Event<'_> {
+impl<'a> Event<'a> {
     /// The stream's category: the part of its name before the first `-`, if not empty.
     pub fn category(&self) -> Option<&str> {
         match self.stream.split_once('-') {
@@ -72,8 +72,10 @@ impl Event<'_> {
         }
     }
 
-    /// The payload decoded as `T`. Unknown fields are ignored unless `T` denies them.
-    pub fn data<T: DeserializeOwned>(&self) -> Result<T, Error> {
+    /// The payload decoded as `T`. Unknown fields are ignored unless `T` denies them. `T` may
+    /// borrow from the payload (`&'a str` fields fail on strings with escapes; `Cow<'a, str>`
+    /// with `#[serde(borrow)]` borrows when it can and copies when it must).
+    pub fn data<T: Deserialize<'a>>(&self) -> Result<T, Error> {
         serde_json::from_slice(self.data).map_err(|e| {
             Error::new(format!(
                 "{} event at position {} has unexpected data: {e}",

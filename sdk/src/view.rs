@@ -85,8 +85,22 @@ impl<'b> View<'b> {
 
     /// Stores `doc` under `key` as JSON.
     pub fn put<T: Serialize + 'static>(&mut self, key: &str, doc: T) -> Result<(), Error> {
-        self.overlay
-            .insert(key.to_owned(), Entry::Typed(Typed::new(doc, true)));
+        // A key written again in the same batch keeps its entry: no new key, no new box.
+        match self.overlay.entry_ref(key) {
+            EntryRef::Occupied(mut entry) => match entry.get_mut() {
+                Entry::Typed(typed) if typed.type_id == TypeId::of::<T>() => {
+                    *typed
+                        .value
+                        .downcast_mut::<T>()
+                        .expect("typed entry holds its own type") = doc;
+                    typed.changed = true;
+                }
+                other => *other = Entry::Typed(Typed::new(doc, true)),
+            },
+            EntryRef::Vacant(entry) => {
+                entry.insert(Entry::Typed(Typed::new(doc, true)));
+            }
+        }
         Ok(())
     }
 
@@ -277,6 +291,24 @@ mod tests {
         assert!(!map.docs.contains_key("a"));
         assert_eq!(map.docs["b"], br#"{"n":5}"#);
         assert!(!map.docs.contains_key("z"));
+    }
+
+    #[test]
+    fn a_key_put_again_keeps_the_last_document_of_any_type() {
+        let mut map = Map::default();
+        let mut view = View::new(&mut map);
+        for n in 0..3 {
+            view.put("a", Counter { n }).unwrap();
+        }
+        view.put_bytes("b", b"[]".to_vec());
+        view.put("b", Counter { n: 7 }).unwrap();
+        view.put("c", Counter { n: 1 }).unwrap();
+        view.put("c", "text").unwrap();
+        view.flush().unwrap();
+        assert_eq!(map.docs["a"], br#"{"n":2}"#);
+        assert_eq!(map.docs["b"], br#"{"n":7}"#);
+        assert_eq!(map.docs["c"], br#""text""#);
+        assert_eq!(map.calls, 3, "one put per key, no gets");
     }
 
     #[test]

@@ -75,7 +75,7 @@ impl GuestState {
             .build();
         GuestState {
             reader,
-            changes: Changes::new(),
+            changes: Changes::default(),
             written: 0,
             written_cap: limits.written_bytes,
             memory_cap: limits.memory_bytes,

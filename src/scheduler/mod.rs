@@ -7,13 +7,16 @@
 //! after the checkpoint, filter, `apply` in the guest, commit the view changes and the new
 //! checkpoint in one transaction) and queues it again at the back if it is still behind, so a
 //! hundred projections share the workers fairly and each is run by one worker at a time.
-//! Within a turn, a second thread commits each batch and reads the next one while the guest
-//! runs, so a lone projection catching up keeps both cores busy. New events reach the
+//! Within a turn, a helper thread reads the next batch while the guest applies one, and a
+//! commit thread ([`commits`]) commits what the guest applied meanwhile, merging many batches
+//! into one commit while the projection is far behind the head; so a lone projection catching
+//! up keeps both cores busy. New events reach the
 //! scheduler through the log's head watch; nothing polls. A fault stops only its
 //! projection: the failing event is found by re-running the batch one event at a time, the
 //! events before it are committed, and the projection is retried with backoff.
 
 mod batch;
+mod commits;
 mod folder;
 mod registry;
 mod status;
@@ -60,9 +63,11 @@ pub struct SchedulerConfig {
     pub watch: bool,
 }
 
-/// Events read from one source per batch: large enough that a call into the guest and a
-/// commit are spread over many events, small enough to bound a batch's memory and latency.
-pub const DEFAULT_BATCH: usize = 2048;
+/// Events read from one source per batch: large enough that a call into the guest (a fresh
+/// instance each) is spread over many events, small enough to bound a batch's memory, and
+/// the work lost to a fault before the failing event is isolated. Commits are sized apart
+/// from batches ([`commits`]).
+pub const DEFAULT_BATCH: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SchedulerError {
@@ -178,11 +183,36 @@ struct Slot {
     paused: AtomicBool,
 }
 
-/// A batch the guest has applied whose changes are not committed yet.
-struct Pending {
-    changes: Arc<Changes>,
-    checkpoint: Position,
-    applied: usize,
+/// Why a turn's batches stopped; acted on once everything applied is committed.
+enum TurnEnd {
+    /// Paused or retired.
+    Stopped,
+    /// Others wait, or the workers stop.
+    Yield,
+    CaughtUp,
+    /// A commit failed; its fault is recorded.
+    CommitFailed(Next),
+    /// Reading the log or the view failed after `after`.
+    HostFault {
+        after: Position,
+        message: String,
+    },
+    /// The guest failed on a batch of one event.
+    GuestFault {
+        event: RecordedEvent,
+        fault: Fault,
+    },
+    /// The guest failed somewhere in a batch of several events.
+    Failed(batch::Batch),
+}
+
+impl TurnEnd {
+    fn host_fault(after: Position, error: impl std::fmt::Display) -> Self {
+        TurnEnd::HostFault {
+            after,
+            message: error.to_string(),
+        }
+    }
 }
 
 struct SlotState {
@@ -343,7 +373,7 @@ impl Projections {
         self.stop_workers();
         for slot in self.shared.slots() {
             let checkpoint = slot.checkpoint();
-            if let Err(e) = slot.view.commit(&Changes::new(), checkpoint, true) {
+            if let Err(e) = slot.view.commit(&Changes::default(), checkpoint, true) {
                 tracing::error!(projection = %slot.name, error = %e, "final view commit failed");
             }
         }
@@ -466,88 +496,86 @@ impl Shared {
     }
 
     /// Runs batches of `slot` until it reaches the head, faults, or has had its turn while
-    /// others wait. Each batch's changes are committed on a helper thread while the guest
-    /// applies the next batch, which reads them through [`ViewStore::reader`]'s pending layer.
+    /// others wait. A helper thread reads the next batch while the guest applies one, and a
+    /// commit thread ([`commits`]) commits applied batches meanwhile; what ends the turn is
+    /// acted on once they are all committed.
     fn run_turn(&self, slot: &Arc<Slot>) -> Next {
+        std::thread::scope(|scope| {
+            let mut commits = commits::Commits::start(scope, slot);
+            let end = self.apply_batches(scope, slot, &mut commits);
+            if let Err(fault) = commits.finish() {
+                return fault;
+            }
+            match end {
+                TurnEnd::Stopped => Next::Idle,
+                TurnEnd::Yield => Next::Again,
+                TurnEnd::CommitFailed(fault) => fault,
+                TurnEnd::CaughtUp => {
+                    if slot.rebuilding.load(Ordering::Relaxed) {
+                        self.promote(slot);
+                    }
+                    Next::Idle
+                }
+                TurnEnd::HostFault { after, message } => slot.host_fault(after, &message),
+                TurnEnd::GuestFault { event, fault } => slot.guest_fault(&event, fault),
+                TurnEnd::Failed(batch) => slot.isolate(&batch.events, batch.checkpoint),
+            }
+        })
+    }
+
+    fn apply_batches<'scope>(
+        &'scope self,
+        scope: &'scope std::thread::Scope<'scope, '_>,
+        slot: &'scope Slot,
+        commits: &mut commits::Commits<'scope>,
+    ) -> TurnEnd {
         let started = Instant::now();
-        let mut pending: Option<Pending> = None;
         let mut read_ahead: Option<batch::Batch> = None;
         loop {
+            if let Some(fault) = commits.failed() {
+                return TurnEnd::CommitFailed(fault);
+            }
             let head = *self.head.borrow();
-            let after = pending
-                .as_ref()
-                .map_or_else(|| slot.checkpoint(), |p| p.checkpoint);
+            let after = commits.position();
             if slot.stopped() {
-                return slot
-                    .settle(pending)
-                    .map_or_else(|fault| fault, |()| Next::Idle);
+                return TurnEnd::Stopped;
             }
             if after >= head {
-                if let Err(fault) = slot.settle(pending) {
-                    return fault;
-                }
-                if slot.rebuilding.load(Ordering::Relaxed) {
-                    self.promote(slot);
-                }
-                return Next::Idle;
+                return TurnEnd::CaughtUp;
             }
             if self.should_yield(started) {
-                return slot
-                    .settle(pending)
-                    .map_or_else(|fault| fault, |()| Next::Again);
+                return TurnEnd::Yield;
             }
             let batch = match read_ahead.take() {
                 Some(batch) => batch,
                 None => match self.read(slot, after, head) {
                     Ok(batch) => batch,
-                    Err(e) => return slot.settle_then_fault(pending, after, &e.to_string()),
+                    Err(e) => return TurnEnd::host_fault(after, e),
                 },
             };
             if batch.events.is_empty() {
-                let p = pending.get_or_insert_with(|| Pending {
-                    changes: Arc::default(),
-                    checkpoint: after,
-                    applied: 0,
-                });
-                p.checkpoint = batch.checkpoint;
+                commits.advance(batch.checkpoint, head);
                 continue;
             }
-            let layer = pending
-                .as_ref()
-                .map(|p| p.changes.clone())
-                .unwrap_or_default();
-            let reader = match slot.view.reader(layer) {
+            let reader = match slot.view.reader(commits.layers()) {
                 Ok(reader) => reader,
-                Err(e) => return slot.settle_then_fault(pending, after, &e.to_string()),
+                Err(e) => return TurnEnd::host_fault(after, e),
             };
-            let previous = pending.take();
-            let (committed, outcome, ahead) = std::thread::scope(|scope| {
-                let helper = scope.spawn(|| {
-                    let committed = slot.settle(previous);
-                    let ahead = (committed.is_ok() && batch.checkpoint < head)
-                        .then(|| self.read(slot, batch.checkpoint, head));
-                    (committed, ahead)
-                });
-                let outcome = slot.code.apply(&batch.frame, batch.events.len(), reader);
-                let (committed, ahead) = helper.join().expect("the commit thread panicked");
-                (committed, outcome, ahead)
-            });
-            if let Err(fault) = committed {
-                return fault;
-            }
+            let next_after = batch.checkpoint;
+            let helper =
+                scope.spawn(move || (next_after < head).then(|| self.read(slot, next_after, head)));
+            let outcome = slot.code.apply(&batch.frame, batch.events.len(), reader);
+            let ahead = helper.join().expect("the read-ahead thread panicked");
             match outcome {
                 Ok(applied) => {
-                    pending = Some(Pending {
-                        changes: Arc::new(applied.changes),
-                        checkpoint: batch.checkpoint,
-                        applied: batch.events.len(),
-                    });
+                    commits.add(applied.changes, batch.checkpoint, batch.events.len(), head);
                     read_ahead = ahead.and_then(Result::ok);
                 }
                 Err(fault) if batch.events.len() == 1 => {
-                    return slot.fault(&batch.events[0], fault);
+                    let event = batch.events.into_iter().next().expect("one event");
+                    return TurnEnd::GuestFault { event, fault };
                 }
-                Err(_) => return slot.isolate(&batch.events, batch.checkpoint),
+                Err(_) => return TurnEnd::Failed(batch),
             }
         }
     }
@@ -586,22 +614,6 @@ impl Slot {
     /// Paused or retired: a worker lets go of it.
     fn stopped(&self) -> bool {
         self.paused.load(Ordering::Relaxed) || self.retired.load(Ordering::Relaxed)
-    }
-
-    /// Commits a pending batch, if any; `Err` holds the fault when the commit failed.
-    fn settle(&self, pending: Option<Pending>) -> Result<(), Next> {
-        match pending.map(|p| self.commit(&p.changes, p.checkpoint, p.applied)) {
-            Some(Next::Faulted(backoff)) => Err(Next::Faulted(backoff)),
-            _ => Ok(()),
-        }
-    }
-
-    /// Commits a pending batch, then records a host fault at the position after `after`.
-    fn settle_then_fault(&self, pending: Option<Pending>, after: Position, message: &str) -> Next {
-        match self.settle(pending) {
-            Ok(()) => self.host_fault(after, message),
-            Err(fault) => fault,
-        }
     }
 
     /// Commits a batch's changes with its checkpoint; a success clears any fault.
@@ -644,7 +656,7 @@ impl Slot {
         for event in events {
             let mut frame = Vec::new();
             batch::encode(&mut frame, event);
-            let reader = match self.view.reader(Arc::default()) {
+            let reader = match self.view.reader(Vec::new()) {
                 Ok(reader) => reader,
                 Err(e) => return self.host_fault(event.position - 1, &e.to_string()),
             };
@@ -655,10 +667,22 @@ impl Slot {
                         return Next::Faulted(backoff);
                     }
                 }
-                Err(fault) => return self.fault(event, fault),
+                Err(fault) => return self.guest_fault(event, fault),
             }
         }
-        self.commit(&Changes::new(), checkpoint, 0)
+        self.commit(&Changes::default(), checkpoint, 0)
+    }
+
+    /// The guest failed on `event`, and every event before it is committed or was passed
+    /// over by the subscription: the checkpoint steps past the latter, so that it stands just
+    /// before the failing event, then the fault is recorded.
+    fn guest_fault(&self, event: &RecordedEvent, fault: Fault) -> Next {
+        if self.checkpoint() + 1 < event.position
+            && let Next::Faulted(backoff) = self.commit(&Changes::default(), event.position - 1, 0)
+        {
+            return Next::Faulted(backoff);
+        }
+        self.fault(event, fault)
     }
 
     fn fault(&self, event: &RecordedEvent, fault: Fault) -> Next {

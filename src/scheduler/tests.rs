@@ -1,6 +1,7 @@
 //! Rebuild equals live: whatever the batch sizes and wherever the server stops (cleanly or
 //! not), a projection's view equals the view of one uninterrupted native run of the same code
-//! over the same events.
+//! over the same events; and a catch-up over a stored log, whose batches are merged into
+//! few commits, stops at a bad event with exactly the events before it committed.
 
 use std::path::Path;
 
@@ -46,6 +47,29 @@ fn event_of((stream, kind, n): Spec) -> (String, &'static str, serde_json::Value
     (stream_name, event_type, data)
 }
 
+fn append(
+    log: &Log,
+    tokio: &tokio::runtime::Runtime,
+    stream: String,
+    event_type: &str,
+    data: &serde_json::Value,
+) {
+    let event = NewEvent::new(
+        None,
+        event_type,
+        JsonPayload::parse(&data.to_string()).unwrap(),
+        None,
+    )
+    .unwrap();
+    let request = AppendRequest::new(
+        StreamName::new(stream).unwrap(),
+        ExpectedRevision::Any,
+        vec![event],
+    )
+    .unwrap();
+    tokio.block_on(log.append(request)).unwrap();
+}
+
 struct Node {
     projections: Projections,
 }
@@ -84,9 +108,7 @@ proptest! {
         for (i, spec) in specs.iter().enumerate() {
             let (stream, event_type, data) = event_of(*spec);
             reference.record(&stream, event_type, data.clone());
-            let event = NewEvent::new(None, event_type, JsonPayload::parse(&data.to_string()).unwrap(), None).unwrap();
-            let request = AppendRequest::new(StreamName::new(stream).unwrap(), ExpectedRevision::Any, vec![event]).unwrap();
-            tokio.block_on(log.append(request)).unwrap();
+            append(&log, &tokio, stream, event_type, &data);
             for (at, clean) in &stops {
                 if *at == i {
                     let stopped = node.take().unwrap();
@@ -104,6 +126,56 @@ proptest! {
         prop_assert!(tokio.block_on(node.projections.wait_for("orders", head, Duration::from_secs(30))));
         let (documents, checkpoint) = node.projections.view("orders").unwrap().page("", None, usize::MAX).unwrap();
         prop_assert_eq!(checkpoint, head);
+        let view: BTreeMap<String, Vec<u8>> = documents.into_iter().map(|d| (d.key, d.value)).collect();
+        prop_assert_eq!(&view, &reference.view().0);
+        node.projections.shutdown();
+    }
+
+    /// The whole log is stored before the projection starts, so its catch-up merges many
+    /// batches into each commit and reads documents of earlier batches that are not committed
+    /// yet. An `ItemAdded` without its quantity, if any, faults it: every event before that
+    /// one is committed, none after.
+    #[test]
+    fn a_catch_up_commits_exactly_the_events_before_a_fault(
+        specs in prop::collection::vec((0u8..6, 0u8..6, any::<u8>()), 1..400),
+        max_batch in 1usize..24,
+        bad_at in prop::option::of(0usize..400),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("deploy")).unwrap();
+        std::fs::write(dir.path().join("deploy/orders.wasm"), guest("order_summary")).unwrap();
+        let tokio = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let (log, _writer) = Log::open(&dir.path().join("log")).unwrap();
+        let mut reference = Harness::<OrderSummaryProjection>::new();
+        let mut fault_at = None;
+        for (i, spec) in specs.iter().enumerate() {
+            if bad_at == Some(i) {
+                append(&log, &tokio, "order-1".into(), "ItemAdded", &serde_json::json!({"orderId": "1", "sku": "x"}));
+                fault_at = Some(*log.head().borrow());
+            }
+            let (stream, event_type, data) = event_of(*spec);
+            if fault_at.is_none() {
+                reference.record(&stream, event_type, data.clone());
+            }
+            append(&log, &tokio, stream, event_type, &data);
+        }
+        reference.catch_up(usize::MAX).unwrap();
+        let head = *log.head().borrow();
+        let node = start(dir.path(), &log, max_batch, &tokio);
+        let expected = fault_at.map_or(head, |at| at - 1);
+        if let Some(at) = fault_at {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while node.projections.status("orders").unwrap().state != State::Faulted {
+                prop_assert!(Instant::now() < deadline, "never faulted");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let status = node.projections.status("orders").unwrap();
+            prop_assert_eq!(status.last_error.unwrap().position, at);
+        } else {
+            prop_assert!(tokio.block_on(node.projections.wait_for("orders", head, Duration::from_secs(30))));
+        }
+        let (documents, checkpoint) = node.projections.view("orders").unwrap().page("", None, usize::MAX).unwrap();
+        prop_assert_eq!(checkpoint, expected);
         let view: BTreeMap<String, Vec<u8>> = documents.into_iter().map(|d| (d.key, d.value)).collect();
         prop_assert_eq!(&view, &reference.view().0);
         node.projections.shutdown();

@@ -236,7 +236,9 @@ impl ViewStore {
         }
         {
             let mut documents = txn.open_table(DOCUMENTS)?;
-            for (key, value) in changes {
+            let mut sorted: Vec<_> = changes.iter().collect();
+            sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            for (key, value) in sorted {
                 match value {
                     Some(value) => documents.insert(key.as_str(), value.as_slice())?,
                     None => documents.remove(key.as_str())?,
@@ -291,10 +293,11 @@ impl ViewStore {
         Ok((out, checkpoint))
     }
 
-    /// A reader for a guest's batch: `pending` (changes applied but not yet committed, being
-    /// committed while this batch runs) over the committed documents. The snapshot is taken
-    /// now, so it holds either none or all of `pending`; both read the same through it.
-    pub fn reader(&self, pending: Arc<Changes>) -> Result<Box<dyn ViewReader>, ViewError> {
+    /// A reader for a guest's batch: `pending` (changes applied but not yet committed, newest
+    /// first, some perhaps being committed while this batch runs) over the committed
+    /// documents. Sets commit oldest first and the snapshot is taken now, so it holds some
+    /// oldest of them or none; the layers read the same over either.
+    pub fn reader(&self, pending: Vec<Arc<Changes>>) -> Result<Box<dyn ViewReader>, ViewError> {
         let txn = self.db.begin_read()?;
         Ok(Box::new(Snapshot {
             pending,
@@ -304,13 +307,13 @@ impl ViewStore {
 }
 
 struct Snapshot {
-    pending: Arc<Changes>,
+    pending: Vec<Arc<Changes>>,
     committed: ReadOnlyTable<&'static str, &'static [u8]>,
 }
 
 impl ViewReader for Snapshot {
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
-        if let Some(pending) = self.pending.get(key) {
+        if let Some(pending) = self.pending.iter().find_map(|layer| layer.get(key)) {
             return Ok(pending.clone());
         }
         self.committed

@@ -56,41 +56,53 @@ pub struct CustomerOrder {
     pub total_cents: u64,
 }
 
+// Event payloads borrow their strings from the event where JSON allows (no escapes), which
+// saves an allocation per field per event.
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct OrderPlaced {
-    order_id: String,
-    customer_id: String,
+struct OrderPlaced<'a> {
+    #[serde(borrow)]
+    order_id: Cow<'a, str>,
+    #[serde(borrow)]
+    customer_id: Cow<'a, str>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct ItemAdded {
-    order_id: String,
-    sku: String,
+struct ItemAdded<'a> {
+    #[serde(borrow)]
+    order_id: Cow<'a, str>,
+    #[serde(borrow)]
+    sku: Cow<'a, str>,
     quantity: u64,
     unit_price_cents: u64,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct ItemRemoved {
-    order_id: String,
-    sku: String,
+struct ItemRemoved<'a> {
+    #[serde(borrow)]
+    order_id: Cow<'a, str>,
+    #[serde(borrow)]
+    sku: Cow<'a, str>,
     quantity: u64,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct OrderShipped {
-    order_id: String,
+struct OrderShipped<'a> {
+    #[serde(borrow)]
+    order_id: Cow<'a, str>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct OrderCancelled {
-    order_id: String,
-    reason: String,
+struct OrderCancelled<'a> {
+    #[serde(borrow)]
+    order_id: Cow<'a, str>,
+    #[serde(borrow)]
+    reason: Cow<'a, str>,
 }
 
 pub struct OrderSummaryProjection;
@@ -107,14 +119,17 @@ impl Projection for OrderSummaryProjection {
     }
 
     fn apply(view: &mut View, event: &Event) -> Result<(), Error> {
-        let Some((order_id, change)) = Change::of(event)? else {
+        let Some(change) = Change::of(event)? else {
             return Ok(());
         };
+        let order_id = change.order_id();
         let position = event.position;
         let order = view.update(
-            &["order/", &segment(&order_id)].concat(),
+            &["order/", &segment(order_id)].concat(),
             |o: &mut OrderSummary| {
-                o.order_id.clone_from(&order_id);
+                if o.order_id != order_id {
+                    o.order_id = order_id.to_owned();
+                }
                 change.apply(o);
                 o.total_cents = o
                     .lines
@@ -122,17 +137,20 @@ impl Projection for OrderSummaryProjection {
                     .map(|l| l.quantity * l.unit_price_cents)
                     .sum();
                 o.last_position = position;
-                (o.customer_id.clone(), o.status.clone(), o.total_cents)
+                let key = o
+                    .customer_id
+                    .as_deref()
+                    .map(|customer_id| customer_order_key(customer_id, order_id));
+                (key, o.status.clone(), o.total_cents)
             },
         )?;
-        let (Some(customer_id), status, total_cents) = order else {
+        let (Some(key), status, total_cents) = order else {
             return Ok(());
         };
-        let key = customer_order_key(&customer_id, &order_id);
         view.put(
             &key,
             CustomerOrder {
-                order_id,
+                order_id: order_id.to_owned(),
                 status,
                 total_cents,
             },
@@ -155,61 +173,60 @@ fn segment(id: &str) -> Cow<'_, str> {
 }
 
 /// What an event does to its order.
-enum Change {
-    Placed(OrderPlaced),
-    Added(ItemAdded),
-    Removed(ItemRemoved),
-    Shipped,
-    Cancelled(OrderCancelled),
+enum Change<'a> {
+    Placed(OrderPlaced<'a>),
+    Added(ItemAdded<'a>),
+    Removed(ItemRemoved<'a>),
+    Shipped(OrderShipped<'a>),
+    Cancelled(OrderCancelled<'a>),
 }
 
-impl Change {
-    /// The order an event is about and its change; `None` for other event types.
-    fn of(event: &Event) -> Result<Option<(String, Change)>, Error> {
+impl<'a> Change<'a> {
+    /// What an event does; `None` for other event types.
+    fn of(event: &Event<'a>) -> Result<Option<Change<'a>>, Error> {
         Ok(Some(match event.event_type {
-            "OrderPlaced" => {
-                let e: OrderPlaced = event.data()?;
-                (e.order_id.clone(), Change::Placed(e))
-            }
-            "ItemAdded" => {
-                let e: ItemAdded = event.data()?;
-                (e.order_id.clone(), Change::Added(e))
-            }
-            "ItemRemoved" => {
-                let e: ItemRemoved = event.data()?;
-                (e.order_id.clone(), Change::Removed(e))
-            }
-            "OrderShipped" => (event.data::<OrderShipped>()?.order_id, Change::Shipped),
-            "OrderCancelled" => {
-                let e: OrderCancelled = event.data()?;
-                (e.order_id.clone(), Change::Cancelled(e))
-            }
+            "OrderPlaced" => Change::Placed(event.data()?),
+            "ItemAdded" => Change::Added(event.data()?),
+            "ItemRemoved" => Change::Removed(event.data()?),
+            "OrderShipped" => Change::Shipped(event.data()?),
+            "OrderCancelled" => Change::Cancelled(event.data()?),
             _ => return Ok(None),
         }))
     }
 
-    fn apply(self, order: &mut OrderSummary) {
+    /// The order the event is about.
+    fn order_id(&self) -> &str {
         match self {
-            Change::Placed(e) => order.customer_id = Some(e.customer_id),
-            Change::Added(e) => add(order, e.sku, e.quantity, e.unit_price_cents),
+            Change::Placed(e) => &e.order_id,
+            Change::Added(e) => &e.order_id,
+            Change::Removed(e) => &e.order_id,
+            Change::Shipped(e) => &e.order_id,
+            Change::Cancelled(e) => &e.order_id,
+        }
+    }
+
+    fn apply(&self, order: &mut OrderSummary) {
+        match self {
+            Change::Placed(e) => order.customer_id = Some(e.customer_id.as_ref().to_owned()),
+            Change::Added(e) => add(order, &e.sku, e.quantity, e.unit_price_cents),
             Change::Removed(e) => remove(order, &e.sku, e.quantity),
-            Change::Shipped => order.status = Status::Shipped,
+            Change::Shipped(_) => order.status = Status::Shipped,
             Change::Cancelled(e) => {
                 order.status = Status::Cancelled;
-                order.cancel_reason = Some(e.reason);
+                order.cancel_reason = Some(e.reason.as_ref().to_owned());
             }
         }
     }
 }
 
-fn add(order: &mut OrderSummary, sku: String, quantity: u64, unit_price_cents: u64) {
+fn add(order: &mut OrderSummary, sku: &str, quantity: u64, unit_price_cents: u64) {
     match order.lines.iter_mut().find(|l| l.sku == sku) {
         Some(line) => {
             line.quantity += quantity;
             line.unit_price_cents = unit_price_cents;
         }
         None => order.lines.push(Line {
-            sku,
+            sku: sku.to_owned(),
             quantity,
             unit_price_cents,
         }),

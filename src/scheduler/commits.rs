@@ -1,0 +1,212 @@
+//! A turn's commits, made on a thread of their own while the guest applies the next batches.
+//!
+//! Applied batches are merged into one set of changes until the set is sealed and handed to
+//! the commit thread. At the head, each batch is sealed at once, so that queries see it.
+//! Far behind the head (a catch-up or a rebuild), batches are merged for up to
+//! [`MERGE_EVENTS`] events, [`MERGE_BYTES`] of changes or [`MERGE_AGE`]: a view's B-tree
+//! pages are copied once per commit that touches them, so one commit of many batches writes
+//! far fewer pages than a commit per batch when the keys are scattered over a large view.
+//!
+//! The guest reads the documents of sets not yet committed through layers over the
+//! committed view ([`ViewStore::reader`](crate::views::ViewStore::reader)).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::thread::{Scope, ScopedJoinHandle};
+use std::time::{Duration, Instant};
+
+use super::{Next, Slot};
+use crate::log::Position;
+use crate::runtime::Changes;
+
+/// Most events merged into one commit.
+const MERGE_EVENTS: usize = 262_144;
+/// Most bytes of keys and values (counted as written, overwrites included) merged into one
+/// commit. Three sets can be alive at once: committing, queued, and merging.
+const MERGE_BYTES: usize = 32 * 1024 * 1024;
+/// Longest a set merges before it is sealed, so that status and queries see a catch-up move
+/// even when the projection is slow.
+const MERGE_AGE: Duration = Duration::from_secs(1);
+
+/// Applied batches merged, not yet handed to the commit thread.
+struct Open {
+    changes: Arc<Changes>,
+    checkpoint: Position,
+    applied: usize,
+    bytes: usize,
+    since: Instant,
+}
+
+/// A sealed set for the commit thread.
+struct Sealed {
+    changes: Arc<Changes>,
+    checkpoint: Position,
+    applied: usize,
+}
+
+/// What the commit thread reports back.
+#[derive(Default)]
+struct Done {
+    /// Sets committed, in the order they were sealed.
+    count: AtomicUsize,
+    /// The backoff of a commit that failed (its fault is recorded in the slot); nothing
+    /// after it is committed.
+    fault: Mutex<Option<Duration>>,
+}
+
+pub(super) struct Commits<'scope> {
+    slot: &'scope Slot,
+    /// The checkpoint of the last batch added.
+    position: Position,
+    open: Option<Open>,
+    /// Sealed sets not yet known to be committed, oldest first.
+    in_flight: VecDeque<Arc<Changes>>,
+    /// Sealed sets already dropped from `in_flight` because they were committed.
+    retired: usize,
+    sender: Option<SyncSender<Sealed>>,
+    thread: Option<ScopedJoinHandle<'scope, ()>>,
+    done: Arc<Done>,
+}
+
+impl<'scope> Commits<'scope> {
+    pub(super) fn start<'env>(scope: &'scope Scope<'scope, 'env>, slot: &'scope Slot) -> Self {
+        // One set queued while another commits: the guest waits rather than outrun the
+        // commits by more than that.
+        let (sender, receiver) = sync_channel::<Sealed>(1);
+        let done = Arc::new(Done::default());
+        let reported = done.clone();
+        let thread = scope.spawn(move || {
+            for set in receiver {
+                if let Next::Faulted(backoff) =
+                    slot.commit(&set.changes, set.checkpoint, set.applied)
+                {
+                    *reported.fault.lock().expect("commit fault lock") = Some(backoff);
+                    return;
+                }
+                reported.count.fetch_add(1, Ordering::Release);
+            }
+        });
+        Commits {
+            slot,
+            position: slot.checkpoint(),
+            open: None,
+            in_flight: VecDeque::new(),
+            retired: 0,
+            sender: Some(sender),
+            thread: Some(thread),
+            done,
+        }
+    }
+
+    /// Where the projection stands once everything applied so far is committed.
+    pub(super) fn position(&self) -> Position {
+        self.position
+    }
+
+    /// The fault of a failed commit: the turn is over.
+    pub(super) fn failed(&self) -> Option<Next> {
+        self.done
+            .fault
+            .lock()
+            .expect("commit fault lock")
+            .map(Next::Faulted)
+    }
+
+    /// The changes not yet committed, newest first, for a reader over the committed view.
+    /// Sets known to be committed are dropped first, so a snapshot taken after this call
+    /// holds them.
+    pub(super) fn layers(&mut self) -> Vec<Arc<Changes>> {
+        let committed = self.done.count.load(Ordering::Acquire);
+        while self.retired < committed {
+            self.in_flight.pop_front();
+            self.retired += 1;
+        }
+        self.open
+            .iter()
+            .map(|o| o.changes.clone())
+            .chain(self.in_flight.iter().rev().cloned())
+            .collect()
+    }
+
+    /// Adds a batch's changes, applied up to `checkpoint`, and seals the set if it is due.
+    pub(super) fn add(
+        &mut self,
+        changes: Changes,
+        checkpoint: Position,
+        applied: usize,
+        head: Position,
+    ) {
+        let bytes: usize = changes
+            .iter()
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+            .sum();
+        self.position = checkpoint;
+        match &mut self.open {
+            Some(open) => {
+                Arc::get_mut(&mut open.changes)
+                    .expect("no reader outlives its batch")
+                    .extend(changes);
+                open.checkpoint = checkpoint;
+                open.applied += applied;
+                open.bytes += bytes;
+            }
+            None => {
+                self.open = Some(Open {
+                    changes: Arc::new(changes),
+                    checkpoint,
+                    applied,
+                    bytes,
+                    since: Instant::now(),
+                })
+            }
+        }
+        self.seal_if_due(head);
+    }
+
+    /// Moves the checkpoint past events the subscription did not select.
+    pub(super) fn advance(&mut self, checkpoint: Position, head: Position) {
+        self.add(Changes::default(), checkpoint, 0, head);
+    }
+
+    fn seal_if_due(&mut self, head: Position) {
+        let Some(open) = &self.open else { return };
+        let due = open.checkpoint >= head
+            || open.applied >= MERGE_EVENTS
+            || open.bytes >= MERGE_BYTES
+            || open.since.elapsed() >= MERGE_AGE
+            // A projection's first batch is queryable as soon as it is applied.
+            || self.slot.checkpoint() == 0;
+        if due {
+            self.seal();
+        }
+    }
+
+    fn seal(&mut self) {
+        let (Some(open), Some(sender)) = (self.open.take(), &self.sender) else {
+            return;
+        };
+        self.in_flight.push_back(open.changes.clone());
+        // A closed channel means the thread stopped on a fault, which `finish` reports.
+        let _ = sender.send(Sealed {
+            changes: open.changes,
+            checkpoint: open.checkpoint,
+            applied: open.applied,
+        });
+    }
+
+    /// Commits everything applied and waits for it; `Err` holds the fault of a failed commit.
+    pub(super) fn finish(&mut self) -> Result<(), Next> {
+        self.seal();
+        self.sender = None;
+        if let Some(thread) = self.thread.take() {
+            thread.join().expect("the commit thread panicked");
+        }
+        self.in_flight.clear();
+        match self.failed() {
+            Some(fault) => Err(fault),
+            None => Ok(()),
+        }
+    }
+}
