@@ -1,11 +1,14 @@
 //! A turn's commits, made on a thread of their own while the guest applies the next batches.
 //!
 //! Applied batches are merged into one set of changes until the set is sealed and handed to
-//! the commit thread. At the head, each batch is sealed at once, so that queries see it.
-//! Far behind the head (a catch-up or a rebuild), batches are merged for up to
-//! [`MERGE_EVENTS`] events, [`MERGE_BYTES`] of changes or [`MERGE_AGE`]: a view's B-tree
-//! pages are copied once per commit that touches them, so one commit of many batches writes
-//! far fewer pages than a commit per batch when the keys are scattered over a large view.
+//! the commit thread. A view's B-tree pages are copied once per commit that touches them, so
+//! when the keys scatter over a large view (a long catch-up or a rebuild), one commit of many
+//! batches writes far fewer pages than a commit per batch. A set is sealed at the head
+//! (queries see each live batch at once), on the way to it once it holds as many events as
+//! remain (so the last commit, which nothing overlaps, is small), at [`MERGE_BYTES`] of
+//! changes, after [`MERGE_AGE`], and at a target number of events that starts at one (a
+//! projection's first batch is queryable at once, and the commit thread starts early) and
+//! doubles with each set up to [`MERGE_EVENTS`].
 //!
 //! The guest reads the documents of sets not yet committed through layers over the
 //! committed view ([`ViewStore::reader`](crate::views::ViewStore::reader)).
@@ -57,7 +60,6 @@ struct Done {
 }
 
 pub(super) struct Commits<'scope> {
-    slot: &'scope Slot,
     /// The checkpoint of the last batch added.
     position: Position,
     open: Option<Open>,
@@ -65,6 +67,8 @@ pub(super) struct Commits<'scope> {
     in_flight: VecDeque<Arc<Changes>>,
     /// Sealed sets already dropped from `in_flight` because they were committed.
     retired: usize,
+    /// Events at which the open set is sealed; doubles with each set.
+    target: usize,
     sender: Option<SyncSender<Sealed>>,
     thread: Option<ScopedJoinHandle<'scope, ()>>,
     done: Arc<Done>,
@@ -89,11 +93,11 @@ impl<'scope> Commits<'scope> {
             }
         });
         Commits {
-            slot,
             position: slot.checkpoint(),
             open: None,
             in_flight: VecDeque::new(),
             retired: 0,
+            target: 1,
             sender: Some(sender),
             thread: Some(thread),
             done,
@@ -173,13 +177,15 @@ impl<'scope> Commits<'scope> {
     fn seal_if_due(&mut self, head: Position) {
         let Some(open) = &self.open else { return };
         let due = open.checkpoint >= head
-            || open.applied >= MERGE_EVENTS
+            || open.applied >= self.target
             || open.bytes >= MERGE_BYTES
             || open.since.elapsed() >= MERGE_AGE
-            // A projection's first batch is queryable as soon as it is applied.
-            || self.slot.checkpoint() == 0;
+            // Sets shrink on the way to the head, so that the last one, which nothing
+            // overlaps, commits quickly.
+            || open.applied as u64 >= head.saturating_sub(open.checkpoint);
         if due {
             self.seal();
+            self.target = (self.target * 2).min(MERGE_EVENTS);
         }
     }
 
