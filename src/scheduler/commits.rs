@@ -1,14 +1,13 @@
 //! A turn's commits, made on a thread of their own while the guest applies the next batches.
 //!
-//! Applied batches are merged into one set of changes until the set is sealed and handed to
-//! the commit thread. A view's B-tree pages are copied once per commit that touches them, so
-//! when the keys scatter over a large view (a long catch-up or a rebuild), one commit of many
-//! batches writes far fewer pages than a commit per batch. A set is sealed at the head
-//! (queries see each live batch at once), on the way to it once it holds as many events as
-//! remain (so the last commit, which nothing overlaps, is small), at [`MERGE_BYTES`] of
-//! changes, after [`MERGE_AGE`], and at a target number of events that starts at one (a
-//! projection's first batch is queryable at once, and the commit thread starts early) and
-//! doubles with each set up to [`MERGE_EVENTS`].
+//! A serving version commits each batch, so that its queries see a catch-up move at once. A
+//! building version (a rebuild), which nothing queries until it is swapped in, merges its
+//! batches into sets: a view's B-tree pages are copied once per commit that touches them, so
+//! when the keys scatter over a large view, one commit of many batches writes far fewer pages
+//! than a commit per batch. Its sets start at one batch and double with each set up to
+//! [`MERGE_EVENTS`] (the commit thread starts early), are sealed at [`MERGE_BYTES`] of changes
+//! or after [`MERGE_AGE`] (status shows progress), and shrink on the way to the head (the
+//! last commit, which nothing overlaps, is small).
 //!
 //! The guest reads the documents of sets not yet committed through layers over the
 //! committed view ([`ViewStore::reader`](crate::views::ViewStore::reader)).
@@ -67,8 +66,10 @@ pub(super) struct Commits<'scope> {
     in_flight: VecDeque<Arc<Changes>>,
     /// Sealed sets already dropped from `in_flight` because they were committed.
     retired: usize,
-    /// Events at which the open set is sealed; doubles with each set.
+    /// Events at which the open set is sealed.
     target: usize,
+    /// Whether sets grow: only for a building version.
+    merge: bool,
     sender: Option<SyncSender<Sealed>>,
     thread: Option<ScopedJoinHandle<'scope, ()>>,
     done: Arc<Done>,
@@ -98,6 +99,7 @@ impl<'scope> Commits<'scope> {
             in_flight: VecDeque::new(),
             retired: 0,
             target: 1,
+            merge: slot.rebuilding.load(Ordering::Relaxed),
             sender: Some(sender),
             thread: Some(thread),
             done,
@@ -185,7 +187,9 @@ impl<'scope> Commits<'scope> {
             || open.applied as u64 >= head.saturating_sub(open.checkpoint);
         if due {
             self.seal();
-            self.target = (self.target * 2).min(MERGE_EVENTS);
+            if self.merge {
+                self.target = (self.target * 2).min(MERGE_EVENTS);
+            }
         }
     }
 
