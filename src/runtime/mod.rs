@@ -131,7 +131,7 @@ impl std::fmt::Display for Fault {
 }
 
 /// The view changes of one batch: key → new document, or `None` for a delete.
-pub type Changes = HashMap<String, Option<Vec<u8>>, std::hash::RandomState>;
+pub type Changes = HashMap<String, Option<Vec<u8>>>;
 
 /// The engine and linker shared by every projection.
 pub struct Runtime {

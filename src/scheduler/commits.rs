@@ -28,8 +28,7 @@ const MERGE_EVENTS: usize = 262_144;
 /// Most bytes of keys and values (counted as written, overwrites included) merged into one
 /// commit. Three sets can be alive at once: committing, queued, and merging.
 const MERGE_BYTES: usize = 32 * 1024 * 1024;
-/// Longest a set merges before it is sealed, so that status and queries see a catch-up move
-/// even when the projection is slow.
+/// Longest a set merges before it is sealed, so that status shows a slow rebuild move.
 const MERGE_AGE: Duration = Duration::from_secs(1);
 
 /// Applied batches merged, not yet handed to the commit thread.
