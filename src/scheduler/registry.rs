@@ -302,9 +302,11 @@ impl Shared {
         entries.entry(name.to_owned()).or_default().file_error = Some(reason);
     }
 
-    /// The file is gone: stop every version and delete the name's storage.
+    /// The file is gone: stop every version and delete the name's storage. The storage goes
+    /// under the entries lock, so that once the name has left the API its storage is gone too.
     fn remove(&self, name: &str) {
-        let removed = self.entries.write().expect("entries lock").remove(name);
+        let mut entries = self.entries.write().expect("entries lock");
+        let removed = entries.remove(name);
         for slot in removed
             .iter()
             .flat_map(|e| e.serving.iter().chain(&e.building))
@@ -314,6 +316,7 @@ impl Shared {
         if let Err(e) = self.views.remove_all(name) {
             tracing::warn!(projection = name, error = %e, "removing a projection's storage");
         }
+        drop(entries);
         if removed.is_some() {
             tracing::info!(projection = name, "projection removed");
         }
