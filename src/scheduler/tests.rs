@@ -90,6 +90,48 @@ fn start(dir: &Path, log: &Log, max_batch: usize, tokio: &tokio::runtime::Runtim
     }
 }
 
+/// A data directory with `order-summary` in its folder as `orders`, and a log.
+struct Fixture {
+    dir: tempfile::TempDir,
+    tokio: tokio::runtime::Runtime,
+    log: Log,
+    _writer: crate::log::WriterHandle,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("deploy")).unwrap();
+    std::fs::write(
+        dir.path().join("deploy/orders.wasm"),
+        guest("order_summary"),
+    )
+    .unwrap();
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (log, _writer) = Log::open(&dir.path().join("log")).unwrap();
+    Fixture {
+        dir,
+        tokio,
+        log,
+        _writer,
+    }
+}
+
+/// The serving view of `orders`, every document, and its checkpoint.
+fn view_of(node: &Node) -> (BTreeMap<String, Vec<u8>>, Position) {
+    let (documents, checkpoint) = node
+        .projections
+        .view("orders")
+        .unwrap()
+        .page("", None, usize::MAX)
+        .unwrap();
+    let view = documents.into_iter().map(|d| (d.key, d.value)).collect();
+    (view, checkpoint)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
 
@@ -99,11 +141,7 @@ proptest! {
         max_batch in 1usize..40,
         stops in prop::collection::vec((0usize..120, any::<bool>()), 0..4),
     ) {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("deploy")).unwrap();
-        std::fs::write(dir.path().join("deploy/orders.wasm"), guest("order_summary")).unwrap();
-        let tokio = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let (log, _writer) = Log::open(&dir.path().join("log")).unwrap();
+        let Fixture { dir, tokio, log, _writer } = fixture();
         let mut reference = Harness::<OrderSummaryProjection>::new();
         let mut node = Some(start(dir.path(), &log, max_batch, &tokio));
         for (i, spec) in specs.iter().enumerate() {
@@ -125,9 +163,8 @@ proptest! {
         let node = node.unwrap();
         let head = *log.head().borrow();
         prop_assert!(tokio.block_on(node.projections.wait_for("orders", head, Duration::from_secs(30))));
-        let (documents, checkpoint) = node.projections.view("orders").unwrap().page("", None, usize::MAX).unwrap();
+        let (view, checkpoint) = view_of(&node);
         prop_assert_eq!(checkpoint, head);
-        let view: BTreeMap<String, Vec<u8>> = documents.into_iter().map(|d| (d.key, d.value)).collect();
         prop_assert_eq!(&view, &reference.view().0);
         node.projections.shutdown();
     }
@@ -142,11 +179,7 @@ proptest! {
         max_batch in 1usize..24,
         bad_at in prop::option::of(0usize..400),
     ) {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("deploy")).unwrap();
-        std::fs::write(dir.path().join("deploy/orders.wasm"), guest("order_summary")).unwrap();
-        let tokio = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let (log, _writer) = Log::open(&dir.path().join("log")).unwrap();
+        let Fixture { dir, tokio, log, _writer } = fixture();
         let mut reference = Harness::<OrderSummaryProjection>::new();
         let mut fault_at = None;
         for (i, spec) in specs.iter().enumerate() {
@@ -175,9 +208,8 @@ proptest! {
         } else {
             prop_assert!(tokio.block_on(node.projections.wait_for("orders", head, Duration::from_secs(30))));
         }
-        let (documents, checkpoint) = node.projections.view("orders").unwrap().page("", None, usize::MAX).unwrap();
+        let (view, checkpoint) = view_of(&node);
         prop_assert_eq!(checkpoint, expected);
-        let view: BTreeMap<String, Vec<u8>> = documents.into_iter().map(|d| (d.key, d.value)).collect();
         prop_assert_eq!(&view, &reference.view().0);
         if fault_at.is_none() {
             // A rebuild merges its batches into sets that grow: it must build the same view.
@@ -187,9 +219,8 @@ proptest! {
                 prop_assert!(Instant::now() < deadline, "the rebuild was never swapped in");
                 std::thread::sleep(Duration::from_millis(5));
             }
-            let (documents, checkpoint) = node.projections.view("orders").unwrap().page("", None, usize::MAX).unwrap();
+            let (rebuilt, checkpoint) = view_of(&node);
             prop_assert_eq!(checkpoint, head);
-            let rebuilt: BTreeMap<String, Vec<u8>> = documents.into_iter().map(|d| (d.key, d.value)).collect();
             prop_assert_eq!(&rebuilt, &reference.view().0);
         }
         node.projections.shutdown();
