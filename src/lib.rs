@@ -5,9 +5,19 @@
 //! parts into the running process. [`client`] is the operator's side of the HTTP API.
 
 pub mod client;
+pub mod failpoint;
 pub mod http;
 pub mod log;
 pub mod runtime;
 pub mod scheduler;
 pub mod server;
 pub mod views;
+
+/// The message a panic carried, for a fault or a log line.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
+}

@@ -130,6 +130,8 @@ impl RemoteArgs {
 
 fn main() -> anyhow::Result<()> {
     limit_malloc_arenas();
+    // Only a test build (feature `failpoints`) has any: the points named in `FAILPOINTS`.
+    projector::failpoint::setup();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -77,6 +77,9 @@ impl From<AppendError> for ApiError {
             AppendError::Closed => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message)
             }
+            AppendError::WriterFailed(_) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "log_failed", message)
+            }
         }
     }
 }
@@ -98,12 +101,42 @@ impl From<InvalidAppend> for ApiError {
 
 impl From<StorageError> for ApiError {
     fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::DiskFull => {
+                return Self::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "insufficient_storage",
+                    "the disk is full: nothing was written; appends are taken again once space is freed",
+                );
+            }
+            StorageError::Unavailable => {
+                return Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage_unavailable",
+                    e.to_string(),
+                );
+            }
+            _ => {}
+        }
         tracing::error!(error = %e, "storage failure");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "storage_error",
             e.to_string(),
         )
+    }
+}
+
+impl From<crate::views::ViewError> for ApiError {
+    fn from(e: crate::views::ViewError) -> Self {
+        match e {
+            crate::views::ViewError::Unavailable => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_unavailable",
+                e.to_string(),
+            ),
+            e => Self::internal(e),
+        }
     }
 }
 

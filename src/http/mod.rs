@@ -26,7 +26,7 @@ pub use error::ApiError;
 use projections::Action;
 pub use streams::NDJSON;
 
-use crate::log::Log;
+use crate::log::{Log, LogHealth};
 use crate::scheduler::Projections;
 
 /// Largest request body. An append of `MAX_EVENTS_PER_APPEND` small events fits; a larger
@@ -66,6 +66,7 @@ pub fn router(state: AppState) -> Router {
             "/projections/{name}/view/{*key}",
             get(projections::document),
         )
+        .merge(debug_routes())
         .fallback(|| async { ApiError::not_found("not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -83,8 +84,51 @@ fn control(action: Action) -> MethodRouter<AppState> {
     post(move |State(state): State<AppState>, path| projections::control(state, path, action))
 }
 
-/// `GET /health`: the process is up; reports the log's head position.
+/// `GET /health`: 200 `{"status": "ok", "head"}` while the log takes appends; 503 with
+/// `"status": "degraded"` (the disk is full or the log is being reopened: reads are served,
+/// appends refused) or `"failing"` (the log writer is gone until a restart), with a reason.
 async fn health(State(state): State<AppState>) -> impl IntoResponse {
     let head = *state.log.head().borrow();
-    axum::Json(serde_json::json!({ "status": "ok", "head": head }))
+    let (status, reason) = match state.log.health() {
+        LogHealth::Ok => {
+            return axum::Json(serde_json::json!({ "status": "ok", "head": head })).into_response();
+        }
+        LogHealth::DiskFull => (
+            "degraded",
+            "the disk is full: appends are refused until space is freed".to_owned(),
+        ),
+        LogHealth::Unavailable { reason } => ("degraded", reason),
+        LogHealth::Failed { reason } => ("failing", reason),
+    };
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        axum::Json(serde_json::json!({ "status": status, "reason": reason, "head": head })),
+    )
+        .into_response()
+}
+
+/// `PUT /debug/failpoints/{name}` (body: a `fail` action such as `return(enospc)`, `panic`,
+/// `sleep(2000)`, `off`) and `DELETE` to remove it: only in a build with the `failpoints`
+/// feature, which is how `cargo test` builds the server.
+#[cfg(feature = "failpoints")]
+fn debug_routes() -> Router<AppState> {
+    use axum::extract::Path;
+    Router::new().route(
+        "/debug/failpoints/{name}",
+        axum::routing::put(|Path(name): Path<String>, body: String| async move {
+            match fail::cfg(name, body.trim()) {
+                Ok(()) => StatusCode::NO_CONTENT.into_response(),
+                Err(e) => ApiError::bad_request("invalid_failpoint", e).into_response(),
+            }
+        })
+        .delete(|Path(name): Path<String>| async move {
+            fail::remove(name);
+            StatusCode::NO_CONTENT
+        }),
+    )
+}
+
+#[cfg(not(feature = "failpoints"))]
+fn debug_routes() -> Router<AppState> {
+    Router::new()
 }

@@ -27,8 +27,7 @@ const MAX_WAIT: Duration = Duration::from_secs(30);
 
 /// `GET /projections`
 pub async fn list(State(state): State<AppState>) -> impl IntoResponse {
-    let p = &state.projections;
-    let all: Vec<_> = p.names().iter().filter_map(|n| p.status(n)).collect();
+    let all = state.projections.statuses();
     axum::Json(serde_json::json!({ "projections": all }))
 }
 
@@ -149,9 +148,7 @@ pub async fn document(
     let Query(wait) = query.map_err(|r| rejection("invalid_query", r))?;
     let view = ready_view(&state.projections, &name, &wait).await?;
     let lookup = key.clone();
-    let found = tokio::task::spawn_blocking(move || view.get(&lookup))
-        .await?
-        .map_err(ApiError::internal)?;
+    let found = tokio::task::spawn_blocking(move || view.get(&lookup)).await??;
     match found {
         Some(document) => Ok((
             [(
@@ -174,8 +171,10 @@ pub struct PageParams {
     prefix: String,
     after: Option<String>,
     limit: Option<usize>,
-    #[serde(flatten)]
-    wait: WaitParams,
+    // Not `#[serde(flatten)] WaitParams`: flattened fields lose the query string's number
+    // parsing ("invalid type: string").
+    wait_for: Option<Position>,
+    timeout_ms: Option<u64>,
 }
 
 /// `GET /projections/{name}/view?prefix=&after=&limit=`: documents in key order.
@@ -193,14 +192,17 @@ pub async fn page(
             format!("limit must be 1 to {MAX_PAGE}"),
         ));
     }
-    let view = ready_view(&state.projections, &name, &params.wait).await?;
+    let wait = WaitParams {
+        wait_for: params.wait_for,
+        timeout_ms: params.timeout_ms,
+    };
+    let view = ready_view(&state.projections, &name, &wait).await?;
     let (prefix, after) = (params.prefix.clone(), params.after);
     let (documents, position) = tokio::task::spawn_blocking(move || {
         // One more than the page shows whether a next page exists.
         view.page(&prefix, after.as_deref(), limit + 1)
     })
-    .await?
-    .map_err(ApiError::internal)?;
+    .await??;
     let more = documents.len() > limit;
     let mut items = Vec::with_capacity(limit);
     for d in documents.into_iter().take(limit) {

@@ -44,6 +44,9 @@ pub enum AppendError {
     Storage(#[from] StorageError),
     #[error("the log is shut down")]
     Closed,
+    /// The writer thread died; nothing can be appended until the server restarts.
+    #[error("the log writer failed: {0}")]
+    WriterFailed(String),
 }
 
 /// The storage engine failed, or the file holds something this version cannot read.
@@ -61,6 +64,40 @@ pub enum StorageError {
         path: String,
         source: std::io::Error,
     },
+    /// The disk (or the user's quota) is full: nothing was written.
+    #[error("the disk is full")]
+    DiskFull,
+    /// The storage failed and is being reopened; try again shortly.
+    #[error("the storage is unavailable after a failure; it is being reopened")]
+    Unavailable,
+}
+
+impl StorageError {
+    pub fn io(e: std::io::Error) -> Self {
+        Self::Redb(redb::Error::Io(e))
+    }
+
+    /// An I/O failure, after which redb refuses the handle until the file is reopened.
+    pub fn is_io(&self) -> bool {
+        matches!(
+            self,
+            Self::Redb(redb::Error::Io(_) | redb::Error::PreviousIo) | Self::DiskFull
+        )
+    }
+
+    /// The same failure, named [`StorageError::DiskFull`] when it is one.
+    pub fn classify(self) -> Self {
+        match &self {
+            Self::Redb(redb::Error::Io(e)) if is_disk_full(e) => Self::DiskFull,
+            _ => self,
+        }
+    }
+}
+
+/// ENOSPC or EDQUOT.
+pub fn is_disk_full(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::StorageFull
+        || matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
 }
 
 macro_rules! from_redb {

@@ -13,6 +13,7 @@
 
 mod codec;
 mod error;
+mod files;
 mod store;
 mod types;
 mod writer;
@@ -23,7 +24,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub use error::{AppendError, InvalidAppend, StorageError};
+pub use error::{AppendError, InvalidAppend, StorageError, is_disk_full};
 pub use types::{
     AppendOutcome, AppendRequest, Direction, EventId, ExpectedRevision, JsonPayload,
     MAX_EVENT_BYTES, MAX_EVENT_TYPE_BYTES, MAX_EVENTS_PER_APPEND, MAX_STREAM_NAME_BYTES, NewEvent,
@@ -32,7 +33,7 @@ pub use types::{
 
 pub use store::FlushPolicy;
 
-use store::Store;
+use files::LogFiles;
 
 /// The name of the log's database file inside the data directory.
 pub const LOG_FILE: &str = "log.redb";
@@ -42,7 +43,24 @@ pub const LOG_FILE: &str = "log.redb";
 pub struct Log {
     jobs: mpsc::Sender<writer::Job>,
     head: watch::Receiver<Position>,
+    health: watch::Receiver<LogHealth>,
     reader: LogReader,
+}
+
+/// Whether the log takes appends, as `/health` reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogHealth {
+    Ok,
+    /// The last commit found the disk full; appends are refused (507) until space returns.
+    DiskFull,
+    /// A write failed and the file could not be reopened yet; the writer keeps trying.
+    Unavailable {
+        reason: String,
+    },
+    /// The writer thread is gone: nothing is appended until a restart.
+    Failed {
+        reason: String,
+    },
 }
 
 /// The writer thread. Joining it waits until every [`Log`] handle is gone and the last group
@@ -72,20 +90,21 @@ impl Log {
             path: dir.display().to_string(),
             source,
         })?;
-        let (store, lengths) = Store::open(&dir.join(LOG_FILE), policy)?;
-        let store = Arc::new(store);
-        let (head_tx, head_rx) = watch::channel(store.head()?);
+        let (files, lengths) = LogFiles::open(&dir.join(LOG_FILE), policy)?;
+        let (head_tx, head_rx) = watch::channel(files.current()?.head()?);
+        let (health_tx, health_rx) = watch::channel(LogHealth::Ok);
         let (jobs_tx, jobs_rx) = mpsc::channel(writer::QUEUE_CAPACITY);
-        let thread = writer::spawn(store.clone(), lengths, jobs_rx, head_tx).map_err(|source| {
-            StorageError::Open {
+        let thread = writer::spawn(files.clone(), lengths, jobs_rx, head_tx, health_tx).map_err(
+            |source| StorageError::Open {
                 path: "log writer thread".into(),
                 source,
-            }
-        })?;
+            },
+        )?;
         let log = Self {
             jobs: jobs_tx,
             head: head_rx,
-            reader: LogReader { store },
+            health: health_rx,
+            reader: LogReader { files },
         };
         Ok((log, WriterHandle(thread)))
     }
@@ -96,8 +115,21 @@ impl Log {
         self.jobs
             .send(writer::Job { request, reply })
             .await
-            .map_err(|_| AppendError::Closed)?;
-        answer.await.map_err(|_| AppendError::Closed)?
+            .map_err(|_| self.closed())?;
+        answer.await.map_err(|_| self.closed())?
+    }
+
+    /// Why the writer took no more work: shut down, or failed.
+    fn closed(&self) -> AppendError {
+        match &*self.health.borrow() {
+            LogHealth::Failed { reason } => AppendError::WriterFailed(reason.clone()),
+            _ => AppendError::Closed,
+        }
+    }
+
+    /// Whether appends are taken.
+    pub fn health(&self) -> LogHealth {
+        self.health.borrow().clone()
     }
 
     /// The position of the last durable event; changes after every commit.
@@ -113,7 +145,7 @@ impl Log {
 /// Blocking reads over redb snapshots. Call from a blocking thread, not the async reactor.
 #[derive(Clone)]
 pub struct LogReader {
-    store: Arc<Store>,
+    files: Arc<LogFiles>,
 }
 
 impl LogReader {
@@ -128,7 +160,9 @@ impl LogReader {
         limit: usize,
         until: Position,
     ) -> Result<Option<Vec<RecordedEvent>>, StorageError> {
-        self.store.read(source, from, direction, limit, until)
+        self.files
+            .current()?
+            .read(source, from, direction, limit, until)
     }
 
     /// Up to `limit` events of `source` with positions after `after` and up to `until`, in
@@ -141,22 +175,22 @@ impl LogReader {
         limit: usize,
         until: Position,
     ) -> Result<Vec<RecordedEvent>, StorageError> {
+        let store = self.files.current()?;
         let from = match source {
-            Source::Stream(name) => match self.store.revision_after(name, after)? {
+            Source::Stream(name) => match store.revision_after(name, after)? {
                 Some(revision) => revision,
                 None => return Ok(Vec::new()),
             },
             Source::All | Source::Category(_) => after + 1,
         };
-        Ok(self
-            .store
+        Ok(store
             .read(source, Some(from), Direction::Forward, limit, until)?
             .unwrap_or_default())
     }
 
     /// The stream name and revision of the event at `position`.
     pub fn locate(&self, position: Position) -> Result<Option<(String, u64)>, StorageError> {
-        self.store.locate(position)
+        self.files.current()?.locate(position)
     }
 }
 

@@ -23,14 +23,14 @@
 //! tables are complete. The tail is derived data: on open it is rebuilt from the events after
 //! `indexed_through`, so a crash loses nothing.
 
+use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::ops::RangeInclusive;
 use std::path::Path;
-use std::sync::RwLock;
 
 use redb::{
     Database, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable, Table,
-    TableDefinition, WriteTransaction,
+    TableDefinition, TableHandle, WriteTransaction,
 };
 use uuid::Uuid;
 
@@ -100,6 +100,9 @@ impl Tail {
 
 pub struct Store {
     db: Database,
+    /// Guards the index tail. Readers take it together with a redb snapshot (so they see a
+    /// consistent pair); the writer takes it only to advance it after a commit. No I/O
+    /// happens under it but the snapshot's begin; no other lock is taken inside it.
     tail: RwLock<Tail>,
     policy: FlushPolicy,
 }
@@ -111,13 +114,29 @@ impl Store {
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
             .create(path)?;
-        let txn = db.begin_write()?;
-        txn.open_table(EVENTS)?;
-        txn.open_table(EVENT_IDS)?;
-        txn.open_table(STREAM_EXTENTS)?;
-        txn.open_table(CATEGORY_EXTENTS)?;
-        txn.open_table(META)?;
-        txn.commit()?;
+        // Creates the tables of a new log; an existing one is opened without a write, so that
+        // it can be reopened (and read) while the disk is full.
+        let names: Vec<String> = db
+            .begin_read()?
+            .list_tables()?
+            .map(|t| t.name().to_owned())
+            .collect();
+        let tables = [
+            EVENTS.name(),
+            EVENT_IDS.name(),
+            STREAM_EXTENTS.name(),
+            CATEGORY_EXTENTS.name(),
+            META.name(),
+        ];
+        if !tables.iter().all(|t| names.iter().any(|n| n == t)) {
+            let txn = db.begin_write()?;
+            txn.open_table(EVENTS)?;
+            txn.open_table(EVENT_IDS)?;
+            txn.open_table(STREAM_EXTENTS)?;
+            txn.open_table(CATEGORY_EXTENTS)?;
+            txn.open_table(META)?;
+            txn.commit()?;
+        }
 
         let txn = db.begin_read()?;
         let indexed = indexed_through(&txn)?;
@@ -169,14 +188,14 @@ impl Store {
 
     /// Whether the next commit should flush the tail.
     pub fn tail_is_full(&self) -> bool {
-        let tail = self.tail.read().expect("tail lock");
+        let tail = self.tail.read();
         tail.extents.len() >= self.policy.extents || tail.events() >= self.policy.events
     }
 
     /// After a commit: drops the first `flushed` extents (now in the tables) and appends the
     /// commit's own.
     pub fn advance_tail(&self, flushed: usize, appended: Vec<Extent>, head: Position) {
-        let mut tail = self.tail.write().expect("tail lock");
+        let mut tail = self.tail.write();
         tail.extents.drain(..flushed);
         tail.extents.extend(appended);
         tail.covered = head;
@@ -294,7 +313,7 @@ impl Store {
     /// and `covered` bounds a read to what both agree on. Extents a flush moved into the
     /// tables are told apart by `indexed_through`.
     fn snapshot_with_tail(&self, source: &Source) -> Result<TailSnapshot, StorageError> {
-        let tail = self.tail.read().expect("tail lock");
+        let tail = self.tail.read();
         let txn = self.db.begin_read()?;
         let indexed = indexed_through(&txn)?;
         let recent = tail
@@ -470,7 +489,7 @@ impl<'txn> WriteTables<'txn> {
     /// Writes the whole tail into the index tables and records how far they now reach.
     /// Returns how many extents were flushed.
     pub fn flush(&mut self, store: &Store) -> Result<usize, StorageError> {
-        let tail = store.tail.read().expect("tail lock");
+        let tail = store.tail.read();
         let mut streams = self.txn.open_table(STREAM_EXTENTS)?;
         let mut categories = self.txn.open_table(CATEGORY_EXTENTS)?;
         for e in &tail.extents {

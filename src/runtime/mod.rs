@@ -89,8 +89,6 @@ pub enum LoadError {
     Contract(String),
     #[error("calling subscription failed: {0}")]
     Subscription(Fault),
-    #[error("compile cache: {0}")]
-    Cache(#[from] std::io::Error),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -119,9 +117,13 @@ pub enum FaultKind {
     Memory,
     /// The batch wrote more than the cap, or an invalid key.
     Writes,
-    /// The host failed around the call (reading the log or the view, committing): not the
-    /// guest's doing, but it stops the projection all the same until a retry succeeds.
+    /// The host failed around the call (reading the log or the view, a panic in the host's
+    /// code): not the guest's doing, but it stops the projection all the same until a retry
+    /// succeeds.
     Host,
+    /// Writing the view failed (a full disk, an I/O error); retried with backoff, and the
+    /// view's checkpoint is read back from the file before the retry.
+    Storage,
 }
 
 impl std::fmt::Display for Fault {
@@ -221,13 +223,30 @@ impl Runtime {
             .engine
             .precompile_component(bytes)
             .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
-        let partial = path.with_extension("partial");
-        std::fs::write(&partial, &compiled)?;
-        std::fs::rename(&partial, &path)?;
+        // The cache only saves the next start a compile: a failure to write it (a full disk)
+        // is logged, and the component runs all the same.
+        if let Err(e) = write_cache(&path, &compiled) {
+            tracing::warn!(path = %path.display(), error = %e, "the compiled component is not cached");
+        }
         // SAFETY: as above; this is the artifact just produced by this engine.
         unsafe { Component::deserialize(&self.engine, &compiled) }
             .map_err(|e| LoadError::Invalid(format!("{e:#}")))
     }
+}
+
+/// Writes a compiled component aside and renames it into place, so a reader never sees half
+/// of one.
+fn write_cache(path: &Path, compiled: &[u8]) -> std::io::Result<()> {
+    let partial = path.with_extension("partial");
+    let written = (|| {
+        crate::failpoint::failpoint!("cache-write", |arg| Err(crate::failpoint::io_error(arg)));
+        std::fs::write(&partial, compiled)?;
+        std::fs::rename(&partial, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    written
 }
 
 impl Drop for Runtime {

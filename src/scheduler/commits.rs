@@ -13,13 +13,15 @@
 //! committed view ([`ViewStore::reader`](crate::views::ViewStore::reader)).
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{SyncSender, sync_channel};
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 use std::thread::{Scope, ScopedJoinHandle};
 use std::time::{Duration, Instant};
 
-use super::{Next, Slot};
+use super::slot::{Next, Role, Slot};
 use crate::log::Position;
 use crate::runtime::Changes;
 
@@ -86,7 +88,7 @@ impl<'scope> Commits<'scope> {
                 if let Next::Faulted(backoff) =
                     slot.commit(&set.changes, set.checkpoint, set.applied)
                 {
-                    *reported.fault.lock().expect("commit fault lock") = Some(backoff);
+                    *reported.fault.lock() = Some(backoff);
                     return;
                 }
                 reported.count.fetch_add(1, Ordering::Release);
@@ -98,7 +100,7 @@ impl<'scope> Commits<'scope> {
             in_flight: VecDeque::new(),
             retired: 0,
             target: 1,
-            merge: slot.rebuilding.load(Ordering::Relaxed),
+            merge: slot.role() == Role::Building,
             sender: Some(sender),
             thread: Some(thread),
             done,
@@ -112,11 +114,7 @@ impl<'scope> Commits<'scope> {
 
     /// The fault of a failed commit: the turn is over.
     pub(super) fn failed(&self) -> Option<Next> {
-        self.done
-            .fault
-            .lock()
-            .expect("commit fault lock")
-            .map(Next::Faulted)
+        self.done.fault.lock().map(Next::Faulted)
     }
 
     /// The changes not yet committed, newest first, for a reader over the committed view.
@@ -210,7 +208,10 @@ impl<'scope> Commits<'scope> {
         self.seal();
         self.sender = None;
         if let Some(thread) = self.thread.take() {
-            thread.join().expect("the commit thread panicked");
+            // A panic on the commit thread is the turn's panic (caught around the turn).
+            if let Err(panic) = thread.join() {
+                std::panic::resume_unwind(panic);
+            }
         }
         self.in_flight.clear();
         match self.failed() {

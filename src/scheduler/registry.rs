@@ -1,26 +1,31 @@
 //! The registry: which versions of which projections run, kept in step with the projections
-//! folder, and the operator's controls over them.
+//! folder, and the operator's controls over them. It alone changes the set.
 //!
 //! Each name has at most two versions: the serving one, which answers queries and follows the
 //! log, and a building one, rebuilding from position 0 into its own storage after the file
 //! changed or an operator asked. When the building version reaches the head it is swapped in
-//! under the entries lock (a query sees one version or the other, never a mix), recorded as
-//! the name's current storage, and the old version's storage is deleted.
+//! (a query sees one version or the other, never a mix), recorded as the name's current
+//! storage, and the old version's storage is deleted.
+//!
+//! Readers (HTTP handlers on the reactor, workers) never lock: the set is published as an
+//! immutable [`Catalog`] that each change replaces whole (`arc-swap`). Changes are serialised
+//! by `Registry::deploying`, and every file-system step (compiling, `CURRENT`, deleting
+//! storage) happens with no lock but that one held, which no reader takes.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
-use std::time::Instant;
 
-use tokio::sync::watch;
+use arc_swap::ArcSwap;
+use parking_lot::{Mutex, MutexGuard};
 
-use super::status::{self, RebuildStatus, SkipRecord, State, Status, SubscriptionReport};
-use super::{SchedulerError, Shared, Slot, SlotState, batch, folder};
+use super::slot::{Next, Role, Run, Slot};
+use super::status::{SkipRecord, State, Status, SubscriptionReport};
+use super::{SchedulerError, Shared, batch, folder};
 use crate::log::Position;
 use crate::runtime::VersionHash;
 
 /// What the registry knows about one name.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct Entry {
     /// The version queries are answered from.
     pub serving: Option<Arc<Slot>>,
@@ -28,6 +33,18 @@ pub struct Entry {
     pub building: Option<Arc<Slot>>,
     /// Why the file's current content could not be loaded.
     pub file_error: Option<String>,
+}
+
+/// The projection set at one moment: replaced whole by each change, never changed in place.
+pub type Catalog = BTreeMap<String, Entry>;
+
+pub(super) struct Registry {
+    /// The published set; loaded without a lock.
+    catalog: ArcSwap<Catalog>,
+    /// Held by whoever changes the set (a deploy, rebuild or removal, a promotion, a file
+    /// error), across its file-system steps: one change at a time. Taken first, before a
+    /// slot's state and the queue; no reader takes it.
+    deploying: Mutex<()>,
 }
 
 /// Why an operator's request was refused.
@@ -44,7 +61,28 @@ pub enum ControlError {
     #[error("projection {name:?} cannot be loaded: {reason}")]
     Load { name: String, reason: String },
     #[error("view storage: {0}")]
-    Storage(String),
+    Storage(#[from] crate::views::ViewError),
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Registry {
+            catalog: ArcSwap::from_pointee(Catalog::new()),
+            deploying: Mutex::new(()),
+        }
+    }
+
+    /// The set as it is now.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.load_full()
+    }
+
+    /// Replaces the set with `edit` applied to a copy; the caller holds `deploying`.
+    fn publish(&self, _deploying: &MutexGuard<'_, ()>, edit: impl FnOnce(&mut Catalog)) {
+        let mut next = Catalog::clone(&self.catalog.load());
+        edit(&mut next);
+        self.catalog.store(Arc::new(next));
+    }
 }
 
 impl Entry {
@@ -65,11 +103,12 @@ impl Entry {
                 rebuild: None,
             };
         };
-        let state = serving.state.lock().expect("slot lock");
+        let rebuild = self.building.as_ref().map(|b| b.rebuild_status(head));
+        let state = serving.state.lock();
         let s = serving.code.subscription();
         Status {
             name: name.to_owned(),
-            state: serving.state_name(&state, head),
+            state: Slot::state_name(&state, head),
             version: Some(serving.code.hash().to_string()),
             position: state.checkpoint,
             head,
@@ -80,47 +119,11 @@ impl Entry {
                 categories: s.categories.clone(),
                 event_types: s.event_types.clone(),
             }),
-            last_error: state.fault.clone(),
+            last_error: state.fault.as_ref().map(|f| f.report.clone()),
             load_error: self.file_error.clone(),
             skipped: state.skipped.clone(),
-            rebuild: self.building.as_ref().map(|b| b.rebuild_status(head)),
+            rebuild,
         }
-    }
-}
-
-impl Slot {
-    fn state_name(&self, state: &SlotState, head: Position) -> State {
-        if self.paused.load(Ordering::Relaxed) {
-            State::Paused
-        } else if state.fault.is_some() {
-            State::Faulted
-        } else if state.checkpoint >= head {
-            State::CaughtUp
-        } else {
-            State::Running
-        }
-    }
-
-    fn rebuild_status(&self, head: Position) -> RebuildStatus {
-        let state = self.state.lock().expect("slot lock");
-        let lag = head.saturating_sub(state.checkpoint);
-        let rate = state.rate.per_second();
-        RebuildStatus {
-            state: self.state_name(&state, head),
-            version: self.code.hash().to_string(),
-            position: state.checkpoint,
-            head,
-            lag,
-            events_per_second: rate,
-            eta_seconds: (rate > 0.0).then(|| lag as f64 / rate),
-            last_error: state.fault.clone(),
-        }
-    }
-
-    /// Never runs again; wakes anyone waiting on its progress so they look for its successor.
-    fn retire(&self) {
-        self.retired.store(true, Ordering::Relaxed);
-        self.progress.send_modify(|_| {});
     }
 }
 
@@ -134,9 +137,8 @@ impl Shared {
             self.deploy(name);
         }
         let known: Vec<String> = self
-            .entries
-            .read()
-            .expect("entries lock")
+            .registry
+            .catalog()
             .keys()
             .cloned()
             .chain(self.views.names())
@@ -152,43 +154,46 @@ impl Shared {
     /// Reconciles one name with its file as it is now: added, replaced, unchanged, removed,
     /// or unreadable. Blocking: it may compile.
     pub(super) fn deploy(&self, name: &str) {
-        let _deploying = self.deploying();
+        let deploying = self.registry.deploying.lock();
         let path = self.folder.join(format!("{name}.wasm"));
         let bytes = match std::fs::read(&path) {
             Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return self.remove(name),
-            Err(e) => return self.file_error(name, format!("reading {}: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return self.remove(&deploying, name);
+            }
+            Err(e) => {
+                let reason = format!("reading {}: {e}", path.display());
+                return self.file_error(&deploying, name, reason);
+            }
         };
         let hash = VersionHash::of(&bytes);
-        let (serving, building) = {
-            let entries = self.entries.read().expect("entries lock");
-            let entry = entries.get(name);
-            let version = |slot: Option<&Arc<Slot>>| slot.map(|s| s.code.hash());
-            (
-                entry.and_then(|e| version(e.serving.as_ref())),
-                entry.and_then(|e| version(e.building.as_ref())),
-            )
-        };
-        if building == Some(hash) {
+        let entry = self
+            .registry
+            .catalog()
+            .get(name)
+            .cloned()
+            .unwrap_or_default();
+        let version = |slot: &Option<Arc<Slot>>| slot.as_ref().map(|s| s.code.hash());
+        if version(&entry.building) == Some(hash) {
             // Already building this content (a change seen twice, or a requested rebuild).
-            if let Some(entry) = self.entries.write().expect("entries lock").get_mut(name) {
-                entry.file_error = None;
-            }
-            return;
+            return self.clear_file_error(&deploying, name);
         }
-        if serving == Some(hash) {
+        if version(&entry.serving) == Some(hash) {
             // Unchanged, or changed back while other content was building.
-            let mut entries = self.entries.write().expect("entries lock");
-            if let Some(entry) = entries.get_mut(name) {
-                entry.file_error = None;
-                if let Some(building) = entry.building.take() {
-                    self.discard(&building);
+            let mut dropped = None;
+            self.registry.publish(&deploying, |catalog| {
+                if let Some(entry) = catalog.get_mut(name) {
+                    entry.file_error = None;
+                    dropped = entry.building.take();
                 }
+            });
+            if let Some(building) = dropped {
+                self.discard(&building);
             }
             return;
         }
         // A failure is in the status as the file's error.
-        let _ = self.start_version(name, &bytes, hash, serving.is_some());
+        let _ = self.start_version(&deploying, name, &bytes, hash, entry.serving.is_some());
     }
 
     /// Loads a new version of `name` and runs it: as the serving version if there is none
@@ -196,6 +201,7 @@ impl Shared {
     /// building one beside it. A failure is recorded as the file's error, and returned.
     fn start_version(
         &self,
+        deploying: &MutexGuard<'_, ()>,
         name: &str,
         bytes: &[u8],
         hash: VersionHash,
@@ -205,20 +211,25 @@ impl Shared {
             Some(current) if !beside && current.starts_with(&hash.to_string()) => (current, false),
             _ => (self.views.fresh_storage(name, &hash.to_string()), true),
         };
-        let slot = match self.load(name, bytes, &storage, beside) {
+        let role = if beside {
+            Role::Building
+        } else {
+            Role::Serving
+        };
+        let slot = match self.load(name, bytes, &storage, role) {
             Ok(slot) => Arc::new(slot),
             Err(reason) => {
                 // A view that was to be resumed stays for the next attempt.
                 if fresh && let Err(e) = self.views.remove(name, &storage) {
                     tracing::warn!(projection = name, error = %e, "removing the storage of a failed load");
                 }
-                self.file_error(name, reason.clone());
+                self.file_error(deploying, name, reason.clone());
                 return Err(reason);
             }
         };
         if !beside {
             if let Err(e) = self.views.set_current(name, &storage) {
-                self.file_error(name, e.to_string());
+                self.file_error(deploying, name, e.to_string());
                 return Err(e.to_string());
             }
             // Storages of older versions, or of a rebuild a crash interrupted.
@@ -230,36 +241,30 @@ impl Shared {
                 }
             }
         }
-        {
-            let mut entries = self.entries.write().expect("entries lock");
-            let entry = entries.entry(name.to_owned()).or_default();
+        let mut previous = None;
+        self.registry.publish(deploying, |catalog| {
+            let entry = catalog.entry(name.to_owned()).or_default();
             entry.file_error = None;
-            let previous = if beside {
+            previous = if beside {
                 // A rebuild of a paused projection waits for it to be resumed.
                 let paused = entry
                     .serving
                     .as_ref()
-                    .is_some_and(|s| s.paused.load(Ordering::Relaxed));
-                slot.paused.store(paused, Ordering::Relaxed);
+                    .is_some_and(|s| s.state.lock().paused);
+                slot.state.lock().paused = paused;
                 entry.building.replace(slot.clone())
             } else {
                 entry.serving.replace(slot.clone())
             };
-            if let Some(previous) = previous {
-                self.discard(&previous);
-            }
+        });
+        if let Some(previous) = previous {
+            self.discard(&previous);
         }
         self.schedule(&slot);
         Ok(())
     }
 
-    fn load(
-        &self,
-        name: &str,
-        bytes: &[u8],
-        storage: &str,
-        rebuilding: bool,
-    ) -> Result<Slot, String> {
+    fn load(&self, name: &str, bytes: &[u8], storage: &str, role: Role) -> Result<Slot, String> {
         let code = self.runtime.load(name, bytes).map_err(|e| e.to_string())?;
         let sources = batch::sources(code.subscription())?;
         let view = self.views.open(name, storage).map_err(|e| e.to_string())?;
@@ -271,43 +276,40 @@ impl Shared {
             .filter_map(|bytes| serde_json::from_slice(bytes).ok())
             .collect();
         tracing::info!(
-            projection = name, version = %code.hash().short(), storage, checkpoint, rebuilding,
+            projection = name, version = %code.hash().short(), storage, checkpoint, ?role,
             "projection loaded"
         );
-        Ok(Slot {
-            name: name.to_owned(),
-            storage: storage.to_owned(),
-            sources,
+        Ok(Slot::new(
+            name,
+            storage,
             code,
+            sources,
             view,
-            state: Mutex::new(SlotState {
-                checkpoint,
-                scheduled: false,
-                fault: None,
-                skipped,
-                rate: status::Rate::default(),
-                last_durable: Instant::now(),
-            }),
-            progress: watch::Sender::new(checkpoint),
-            retry_due: Arc::default(),
-            rebuilding: AtomicBool::new(rebuilding),
-            retired: AtomicBool::new(false),
-            paused: AtomicBool::new(false),
-        })
+            (checkpoint, skipped),
+            role,
+        ))
     }
 
-    fn file_error(&self, name: &str, reason: String) {
+    fn file_error(&self, deploying: &MutexGuard<'_, ()>, name: &str, reason: String) {
         tracing::warn!(projection = name, %reason, "projection file not loaded");
-        let mut entries = self.entries.write().expect("entries lock");
-        entries.entry(name.to_owned()).or_default().file_error = Some(reason);
+        self.registry.publish(deploying, |catalog| {
+            catalog.entry(name.to_owned()).or_default().file_error = Some(reason);
+        });
+    }
+
+    fn clear_file_error(&self, deploying: &MutexGuard<'_, ()>, name: &str) {
+        self.registry.publish(deploying, |catalog| {
+            if let Some(entry) = catalog.get_mut(name) {
+                entry.file_error = None;
+            }
+        });
     }
 
     /// The file is gone: stop every version and delete the name's storage. The storage goes
-    /// under the entries lock, so that once the name has left the API its storage is gone too.
-    fn remove(&self, name: &str) {
-        let mut entries = self.entries.write().expect("entries lock");
-        let removed = entries.remove(name);
-        for slot in removed
+    /// first, so that once the name has left the API its storage is gone too.
+    fn remove(&self, deploying: &MutexGuard<'_, ()>, name: &str) {
+        let entry = self.registry.catalog().get(name).cloned();
+        for slot in entry
             .iter()
             .flat_map(|e| e.serving.iter().chain(&e.building))
         {
@@ -316,8 +318,10 @@ impl Shared {
         if let Err(e) = self.views.remove_all(name) {
             tracing::warn!(projection = name, error = %e, "removing a projection's storage");
         }
-        drop(entries);
-        if removed.is_some() {
+        if entry.is_some() {
+            self.registry.publish(deploying, |catalog| {
+                catalog.remove(name);
+            });
             tracing::info!(projection = name, "projection removed");
         }
     }
@@ -330,27 +334,34 @@ impl Shared {
         }
     }
 
-    /// Swaps a rebuilt version in, if it is still the one building for its name.
-    pub(super) fn promote(&self, slot: &Arc<Slot>) {
-        let mut entries = self.entries.write().expect("entries lock");
-        let Some(entry) = entries.get_mut(&slot.name) else {
-            return;
-        };
-        if !entry
-            .building
-            .as_ref()
-            .is_some_and(|b| Arc::ptr_eq(b, slot))
-        {
-            return;
+    /// Swaps a rebuilt version in, if it is still the one building for its name: `CURRENT`
+    /// first (a crash after it resumes the new version), then the published set, then the
+    /// old storage goes. Waits for a deploy under way (it may be compiling). A failure to
+    /// write `CURRENT` faults the building version (kind `storage`), retried with backoff.
+    pub(super) fn promote(&self, slot: &Arc<Slot>) -> Next {
+        let deploying = self.registry.deploying.lock();
+        let still_building = self
+            .registry
+            .catalog()
+            .get(&slot.name)
+            .and_then(|e| e.building.as_ref())
+            .is_some_and(|b| Arc::ptr_eq(b, slot));
+        if !still_building {
+            return Next::Idle;
         }
         if let Err(e) = self.views.set_current(&slot.name, &slot.storage) {
             tracing::error!(projection = %slot.name, error = %e, "swapping in a rebuilt version");
-            return;
+            return slot.storage_fault(slot.checkpoint(), &e);
         }
-        slot.rebuilding.store(false, Ordering::Relaxed);
-        let old = entry.serving.replace(slot.clone());
-        entry.building = None;
-        drop(entries);
+        slot.state.lock().role = Role::Serving;
+        let mut old = None;
+        self.registry.publish(&deploying, |catalog| {
+            if let Some(entry) = catalog.get_mut(&slot.name) {
+                old = entry.serving.replace(slot.clone());
+                entry.building = None;
+            }
+        });
+        drop(deploying);
         if let Some(old) = old {
             self.discard(&old);
         }
@@ -358,19 +369,21 @@ impl Shared {
             projection = %slot.name, version = %slot.code.hash().short(), position = slot.checkpoint(),
             "rebuilt version swapped in"
         );
+        Next::Idle
     }
 
     pub(super) fn rebuild(&self, name: &str) -> Result<(), ControlError> {
-        let _deploying = self.deploying();
-        let (serving, building) = {
-            let entries = self.entries.read().expect("entries lock");
-            let entry = entries
-                .get(name)
-                .ok_or_else(|| ControlError::NotFound(name.to_owned()))?;
-            (entry.serving.clone(), entry.building.is_some())
-        };
-        let serving = serving.ok_or_else(|| ControlError::NotFound(name.to_owned()))?;
-        if building {
+        let deploying = self.registry.deploying.lock();
+        let entry = self
+            .registry
+            .catalog()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ControlError::NotFound(name.to_owned()))?;
+        let serving = entry
+            .serving
+            .ok_or_else(|| ControlError::NotFound(name.to_owned()))?;
+        if entry.building.is_some() {
             return Err(ControlError::RebuildInProgress(name.to_owned()));
         }
         let path = self.folder.join(format!("{name}.wasm"));
@@ -385,7 +398,7 @@ impl Shared {
                 "the file changed; rebuilding its new content"
             );
         }
-        self.start_version(name, &bytes, hash, true)
+        self.start_version(&deploying, name, &bytes, hash, true)
             .map_err(|reason| ControlError::Load {
                 name: name.to_owned(),
                 reason,
@@ -395,7 +408,7 @@ impl Shared {
     pub(super) fn set_paused(&self, name: &str, paused: bool) -> Result<(), ControlError> {
         let slots = self.versions(name)?;
         for slot in &slots {
-            slot.paused.store(paused, Ordering::Relaxed);
+            slot.state.lock().paused = paused;
         }
         if !paused {
             for slot in &slots {
@@ -407,7 +420,7 @@ impl Shared {
 
     pub(super) fn retry(&self, name: &str) -> Result<(), ControlError> {
         let slot = self.faulted(name)?;
-        slot.retry_due.store(true, Ordering::Relaxed);
+        slot.make_retry_due();
         self.schedule(&slot);
         Ok(())
     }
@@ -415,15 +428,16 @@ impl Shared {
     pub(super) fn skip(&self, name: &str) -> Result<(), ControlError> {
         let slot = self.faulted(name)?;
         let fault = {
-            let mut state = slot.state.lock().expect("slot lock");
-            if state.scheduled {
+            let mut state = slot.state.lock();
+            if state.run != Run::Idle {
                 return Err(ControlError::Busy(name.to_owned()));
             }
-            let Some(fault) = state.fault.clone() else {
+            let Some(fault) = &state.fault else {
                 return Err(ControlError::NotFaulted(name.to_owned()));
             };
-            // Held as if queued, so that no worker runs it while the skip commits.
-            state.scheduled = true;
+            let fault = fault.report.clone();
+            // Held, so that no worker runs it while the skip commits.
+            state.run = Run::Held;
             fault
         };
         let record = SkipRecord {
@@ -433,7 +447,7 @@ impl Shared {
             kind: fault.kind,
             message: fault.message,
         };
-        let why = serde_json::to_vec(&record).expect("a record serializes");
+        let why = serde_json::to_vec(&record).expect("a skip record serializes");
         let skipped = slot.view.skip(record.position, &why);
         if skipped.is_ok() {
             slot.committed(record.position, 0, true);
@@ -444,20 +458,20 @@ impl Shared {
             );
         }
         {
-            let mut state = slot.state.lock().expect("slot lock");
-            state.scheduled = false;
+            let mut state = slot.state.lock();
+            state.run = Run::Idle;
             if skipped.is_ok() {
                 state.skipped.push(record);
             }
         }
         self.schedule(&slot);
-        skipped.map_err(|e| ControlError::Storage(e.to_string()))
+        Ok(skipped?)
     }
 
     /// The serving and building versions of `name`.
     fn versions(&self, name: &str) -> Result<Vec<Arc<Slot>>, ControlError> {
-        let entries = self.entries.read().expect("entries lock");
-        let entry = entries
+        let catalog = self.registry.catalog();
+        let entry = catalog
             .get(name)
             .filter(|e| e.serving.is_some())
             .ok_or_else(|| ControlError::NotFound(name.to_owned()))?;
@@ -473,11 +487,7 @@ impl Shared {
     fn faulted(&self, name: &str) -> Result<Arc<Slot>, ControlError> {
         self.versions(name)?
             .into_iter()
-            .find(|s| s.state.lock().expect("slot lock").fault.is_some())
+            .find(|s| s.state.lock().fault.is_some())
             .ok_or_else(|| ControlError::NotFaulted(name.to_owned()))
-    }
-
-    fn deploying(&self) -> MutexGuard<'_, ()> {
-        self.deploying.lock().expect("deploy lock")
     }
 }

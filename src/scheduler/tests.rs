@@ -4,7 +4,9 @@
 //! events before it committed; and a rebuild, whose batches are merged into few commits,
 //! builds the same view.
 
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Instant;
 
 use order_summary::OrderSummaryProjection;
 use projector_sdk::harness::Harness;

@@ -9,8 +9,12 @@
 //! and on shutdown.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
+use parking_lot::Mutex;
 use redb::{Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::log::Position;
@@ -25,25 +29,47 @@ const CHECKPOINT: &str = "checkpoint";
 #[derive(Debug, thiserror::Error)]
 pub enum ViewError {
     #[error("view storage: {0}")]
-    Redb(String),
+    Redb(#[from] redb::Error),
     #[error("view storage at {path}: {source}")]
     Io {
         path: String,
         source: std::io::Error,
     },
+    /// The file failed and is being reopened.
+    #[error("view storage is unavailable after a failure; it is being reopened")]
+    Unavailable,
+}
+
+impl ViewError {
+    /// An I/O failure: redb refuses the handle until the file is reopened.
+    fn is_io(&self) -> bool {
+        matches!(
+            self,
+            ViewError::Redb(redb::Error::Io(_) | redb::Error::PreviousIo)
+        )
+    }
+
+    /// The disk (or quota) is full.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            ViewError::Redb(redb::Error::Io(e)) | ViewError::Io { source: e, .. } => {
+                crate::log::is_disk_full(e)
+            }
+            _ => false,
+        }
+    }
 }
 
 macro_rules! from_redb {
     ($($t:ty),*) => {$(
         impl From<$t> for ViewError {
             fn from(e: $t) -> Self {
-                ViewError::Redb(e.to_string())
+                ViewError::Redb(e.into())
             }
         }
     )*};
 }
 from_redb!(
-    redb::Error,
     redb::DatabaseError,
     redb::TransactionError,
     redb::TableError,
@@ -113,6 +139,9 @@ impl ViewDir {
             source,
         };
         std::fs::create_dir_all(&folder).map_err(io)?;
+        crate::failpoint::failpoint!("view-current", |arg| Err(io(crate::failpoint::io_error(
+            arg
+        ))));
         let partial = folder.join("CURRENT.partial");
         {
             use std::io::Write;
@@ -167,10 +196,26 @@ fn entries(dir: &Path) -> impl Iterator<Item = PathBuf> {
         .filter_map(|e| e.ok().map(|e| e.path()))
 }
 
-/// The storage of one projection version.
+/// The storage of one projection version: a cheap handle, shared by the worker that commits
+/// and the HTTP reads.
 #[derive(Clone)]
 pub struct ViewStore {
-    db: Arc<Database>,
+    file: Arc<ViewFile>,
+}
+
+/// How long a reopen waits for the reads under way on the failed handle (each is short).
+const DRAIN: Duration = Duration::from_secs(10);
+
+struct ViewFile {
+    path: PathBuf,
+    /// The open handle; `None` only while it is being reopened. Each use holds it for one
+    /// read or commit, so that a reopen can close it.
+    db: ArcSwapOption<Database>,
+    /// Set by an I/O failure: redb refuses the handle until the file is reopened, which the
+    /// next use does first.
+    failed: AtomicBool,
+    /// Held by the one thread reopening the file; taken with no other lock held.
+    reopening: Mutex<()>,
 }
 
 impl ViewStore {
@@ -182,45 +227,90 @@ impl ViewStore {
             source,
         })?;
         let path = folder.join(format!("{storage}.redb"));
-        let db = Database::builder()
-            .set_cache_size(64 * 1024 * 1024)
-            .create(&path)?;
-        let txn = db.begin_write()?;
-        txn.open_table(DOCUMENTS)?;
-        txn.open_table(META)?;
-        txn.open_table(SKIPPED)?;
-        txn.commit()?;
-        Ok(ViewStore { db: Arc::new(db) })
+        let db = open_database(&path)?;
+        Ok(ViewStore {
+            file: Arc::new(ViewFile {
+                path,
+                db: ArcSwapOption::from_pointee(db),
+                failed: AtomicBool::new(false),
+                reopening: Mutex::new(()),
+            }),
+        })
+    }
+
+    /// The handle for one operation, reopened first after a failure.
+    fn db(&self) -> Result<Arc<Database>, ViewError> {
+        if self.file.failed.load(Ordering::Acquire) {
+            self.reopen()?;
+        }
+        self.file.db.load_full().ok_or(ViewError::Unavailable)
+    }
+
+    /// Notes an I/O failure, so that the next use reopens the file.
+    fn check<T>(&self, result: Result<T, ViewError>) -> Result<T, ViewError> {
+        if let Err(e) = &result
+            && e.is_io()
+        {
+            self.file.failed.store(true, Ordering::Release);
+        }
+        result
+    }
+
+    /// Closes the failed handle once the reads on it end, and opens the file again: it rolls
+    /// back to its last durable commit, documents and checkpoint together.
+    fn reopen(&self) -> Result<(), ViewError> {
+        let _reopening = self.file.reopening.lock();
+        if !self.file.failed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        if let Some(old) = self.file.db.swap(None) {
+            let old: Weak<Database> = Arc::downgrade(&old);
+            let started = Instant::now();
+            while old.strong_count() > 0 && started.elapsed() < DRAIN {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        let db = open_database(&self.file.path)?;
+        self.file.db.store(Some(Arc::new(db)));
+        self.file.failed.store(false, Ordering::Release);
+        tracing::info!(path = %self.file.path.display(), "a view was reopened after a failure");
+        Ok(())
     }
 
     /// The position of the last event this view has applied (or skipped), 0 for none.
     pub fn checkpoint(&self) -> Result<Position, ViewError> {
-        let txn = self.db.begin_read()?;
-        let meta = txn.open_table(META)?;
-        Ok(meta.get(CHECKPOINT)?.map_or(0, |g| g.value()))
+        self.check((|| {
+            let txn = self.db()?.begin_read()?;
+            let meta = txn.open_table(META)?;
+            Ok(meta.get(CHECKPOINT)?.map_or(0, |g| g.value()))
+        })())
     }
 
     /// Steps the checkpoint past the event at `position` without applying it, and records
     /// `why` for it, in one durable transaction.
     pub fn skip(&self, position: Position, why: &[u8]) -> Result<(), ViewError> {
-        let txn = self.db.begin_write()?;
-        {
-            txn.open_table(SKIPPED)?.insert(position, why)?;
-            txn.open_table(META)?.insert(CHECKPOINT, position)?;
-        }
-        txn.commit()?;
-        Ok(())
+        self.check((|| {
+            let txn = self.db()?.begin_write()?;
+            {
+                txn.open_table(SKIPPED)?.insert(position, why)?;
+                txn.open_table(META)?.insert(CHECKPOINT, position)?;
+            }
+            txn.commit()?;
+            Ok(())
+        })())
     }
 
     /// What [`ViewStore::skip`] recorded, by position.
     pub fn skipped(&self) -> Result<Vec<Vec<u8>>, ViewError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(SKIPPED)?;
-        let mut out = Vec::new();
-        for item in table.iter()? {
-            out.push(item?.1.value().to_vec());
-        }
-        Ok(out)
+        self.check((|| {
+            let txn = self.db()?.begin_read()?;
+            let table = txn.open_table(SKIPPED)?;
+            let mut out = Vec::new();
+            for item in table.iter()? {
+                out.push(item?.1.value().to_vec());
+            }
+            Ok(out)
+        })())
     }
 
     /// Writes a batch's changes and its checkpoint in one transaction.
@@ -230,31 +320,38 @@ impl ViewStore {
         checkpoint: Position,
         durable: bool,
     ) -> Result<(), ViewError> {
-        let mut txn = self.db.begin_write()?;
-        if !durable {
-            txn.set_durability(Durability::None)?;
-        }
-        {
-            let mut documents = txn.open_table(DOCUMENTS)?;
-            let mut sorted: Vec<_> = changes.iter().collect();
-            sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            for (key, value) in sorted {
-                match value {
-                    Some(value) => documents.insert(key.as_str(), value.as_slice())?,
-                    None => documents.remove(key.as_str())?,
-                };
+        self.check((|| {
+            let mut txn = self.db()?.begin_write()?;
+            if !durable {
+                txn.set_durability(Durability::None)?;
             }
-            txn.open_table(META)?.insert(CHECKPOINT, checkpoint)?;
-        }
-        txn.commit()?;
-        Ok(())
+            {
+                let mut documents = txn.open_table(DOCUMENTS)?;
+                let mut sorted: Vec<_> = changes.iter().collect();
+                sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                for (key, value) in sorted {
+                    match value {
+                        Some(value) => documents.insert(key.as_str(), value.as_slice())?,
+                        None => documents.remove(key.as_str())?,
+                    };
+                }
+                txn.open_table(META)?.insert(CHECKPOINT, checkpoint)?;
+            }
+            crate::failpoint::failpoint!("view-commit", |arg| Err(ViewError::Redb(
+                redb::Error::Io(crate::failpoint::io_error(arg))
+            )));
+            txn.commit()?;
+            Ok(())
+        })())
     }
 
     /// One document.
     pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, ViewError> {
-        let txn = self.db.begin_read()?;
-        let documents = txn.open_table(DOCUMENTS)?;
-        Ok(documents.get(key)?.map(|g| g.value().to_vec()))
+        self.check((|| {
+            let txn = self.db()?.begin_read()?;
+            let documents = txn.open_table(DOCUMENTS)?;
+            Ok(documents.get(key)?.map(|g| g.value().to_vec()))
+        })())
     }
 
     /// Up to `limit` documents whose key starts with `prefix`, after the key `after`, in key
@@ -265,7 +362,16 @@ impl ViewStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<Document>, Position), ViewError> {
-        let txn = self.db.begin_read()?;
+        self.check(self.read_page(prefix, after, limit))
+    }
+
+    fn read_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<Document>, Position), ViewError> {
+        let txn = self.db()?.begin_read()?;
         let documents = txn.open_table(DOCUMENTS)?;
         let checkpoint = txn
             .open_table(META)?
@@ -298,12 +404,34 @@ impl ViewStore {
     /// documents. Sets commit oldest first and the snapshot is taken now, so it holds some
     /// oldest of them or none; the layers read the same over either.
     pub fn reader(&self, pending: Vec<Arc<Changes>>) -> Result<Box<dyn ViewReader>, ViewError> {
-        let txn = self.db.begin_read()?;
-        Ok(Box::new(Snapshot {
-            pending,
-            committed: txn.open_table(DOCUMENTS)?,
-        }))
+        self.check((|| {
+            let txn = self.db()?.begin_read()?;
+            let reader: Box<dyn ViewReader> = Box::new(Snapshot {
+                pending,
+                committed: txn.open_table(DOCUMENTS)?,
+            });
+            Ok(reader)
+        })())
     }
+}
+
+/// Opens (or creates) a view's file with its tables.
+fn open_database(path: &Path) -> Result<Database, ViewError> {
+    let db = Database::builder()
+        .set_cache_size(64 * 1024 * 1024)
+        .create(path)?;
+    let exists = db
+        .begin_read()?
+        .list_tables()?
+        .any(|t| redb::TableHandle::name(&t) == "skipped");
+    if !exists {
+        let txn = db.begin_write()?;
+        txn.open_table(DOCUMENTS)?;
+        txn.open_table(META)?;
+        txn.open_table(SKIPPED)?;
+        txn.commit()?;
+    }
+    Ok(db)
 }
 
 struct Snapshot {

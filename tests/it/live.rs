@@ -1,17 +1,15 @@
 //! Live subscriptions over Server-Sent Events: catch-up, live follow, resume, heart-beats.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Server, Sse, append, client, order_placed};
+use crate::common::{Server, Sse, append, client, order_placed};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 const QUIET: Duration = Duration::from_millis(400);
 const WAIT: Duration = Duration::from_secs(10);
 
-fn ids(events: &[common::SseEvent]) -> Vec<u64> {
+fn ids(events: &[crate::common::SseEvent]) -> Vec<u64> {
     events.iter().map(|e| e.id).collect()
 }
 

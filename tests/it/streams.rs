@@ -1,8 +1,6 @@
 //! Appends and reads of raw streams over HTTP, against the real server.
 
-mod common;
-
-use common::{Server, append, client, get_json, get_ndjson, order_placed};
+use crate::common::{Server, append, client, get_json, get_ndjson, order_placed};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -365,7 +363,7 @@ async fn bad_input_gets_a_json_error_and_writes_nothing() {
     {
         // The server closes a connection whose body it refused unread; don't reuse it.
         let client = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            common::client()
+            crate::common::client()
         } else {
             client.clone()
         };

@@ -1,9 +1,7 @@
 //! Projections end to end: real components built from `projections/` and `tests/guests/`,
 //! run by a real server over a real log, queried over HTTP.
 
-mod common;
-
-use common::{
+use crate::common::{
     Server, append, client, deploy, document, get_json, guest, projection_names, status_until,
 };
 use reqwest::StatusCode;
@@ -164,7 +162,7 @@ async fn order_summary_documents_follow_the_orders() {
 
 /// Counts per stream, as stream-stats must see them, from the raw log.
 async fn stats_match_the_log(client: &reqwest::Client, server: &Server) -> u64 {
-    let log = common::get_ndjson(client, &server.url("/streams/$all")).await;
+    let log = crate::common::get_ndjson(client, &server.url("/streams/$all")).await;
     let head = log.len() as u64;
     let (_, total) = document(client, server, "stream-stats", "total", head).await;
     assert_eq!(total["events"], head, "every event applied once: {total}");

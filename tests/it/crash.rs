@@ -1,12 +1,10 @@
 //! Durability under SIGKILL: every append that got a 2xx survives a crash, exactly once.
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Server, client, get_ndjson};
+use crate::common::{Server, client, get_ndjson};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;

@@ -1,12 +1,10 @@
 //! The operator commands against a real server: `projector status`, `rebuild`, `append` and
 //! `read`, as a user runs them.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
 
-use common::{Server, client, deploy, document, guest};
+use crate::common::{Server, client, deploy, document, guest};
 use serde_json::Value;
 
 fn projector(server: &Server, args: &[&str]) -> Output {

@@ -1,6 +1,6 @@
 //! Test support: a real `projector serve` child process on loopback, and small HTTP helpers.
-#![allow(dead_code)] // each test binary uses its own part of this module
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -304,4 +304,132 @@ pub fn deploy(dir: &Path, files: &[(&str, Vec<u8>)]) {
     for (name, bytes) in files {
         std::fs::write(deploy.join(format!("{name}.wasm")), bytes).unwrap();
     }
+}
+
+/// Sets a failure injection point of the test build (`src/failpoint.rs`): `action` as the
+/// `fail` crate takes it (`return(enospc)`, `panic`, `sleep(2000)`, `1*panic`).
+pub async fn failpoint(client: &reqwest::Client, server: &Server, name: &str, action: &str) {
+    let response = client
+        .put(server.url(&format!("/debug/failpoints/{name}")))
+        .body(action.to_owned())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::NO_CONTENT,
+        "failpoint {name}"
+    );
+}
+
+pub async fn clear_failpoint(client: &reqwest::Client, server: &Server, name: &str) {
+    let response = client
+        .delete(server.url(&format!("/debug/failpoints/{name}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::NO_CONTENT,
+        "failpoint {name}"
+    );
+}
+
+/// The example projections the server seeds its folder with.
+pub const EXAMPLES: [&str; 3] = ["stream-stats", "category-index", "order-summary"];
+
+/// An event as the log served it: what a projection sees of it.
+#[derive(Clone, Debug)]
+pub struct LoggedEvent {
+    pub position: u64,
+    pub stream: String,
+    pub event_type: String,
+    pub data: Value,
+}
+
+/// Every event of the log, over NDJSON.
+pub async fn log_events(client: &reqwest::Client, server: &Server) -> Vec<LoggedEvent> {
+    let all = get_ndjson(client, &server.url("/streams/$all")).await;
+    all.iter().map(logged).collect()
+}
+
+pub fn logged(e: &Value) -> LoggedEvent {
+    LoggedEvent {
+        position: e["position"].as_u64().unwrap(),
+        stream: e["stream"].as_str().unwrap().to_owned(),
+        event_type: e["type"].as_str().unwrap().to_owned(),
+        data: e["data"].clone(),
+    }
+}
+
+/// The view one native run of example projection `name` builds over `events` (all of the log
+/// from position 1, in order), document by document as JSON.
+pub fn native_view(name: &str, events: &[LoggedEvent]) -> BTreeMap<String, Value> {
+    fn run<P: projector_sdk::Projection>(events: &[LoggedEvent]) -> BTreeMap<String, Value> {
+        let mut harness = projector_sdk::harness::Harness::<P>::new();
+        for (n, e) in events.iter().enumerate() {
+            assert_eq!(
+                e.position,
+                n as u64 + 1,
+                "the events are the log from position 1"
+            );
+            harness.record(&e.stream, &e.event_type, e.data.clone());
+        }
+        harness.catch_up(usize::MAX).unwrap();
+        harness
+            .view()
+            .0
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::from_slice(v).unwrap()))
+            .collect()
+    }
+    match name {
+        "stream-stats" => run::<stream_stats::StreamStatsProjection>(events),
+        "category-index" => run::<category_index::CategoryIndex>(events),
+        "order-summary" => run::<order_summary::OrderSummaryProjection>(events),
+        other => panic!("{other} is not an example projection"),
+    }
+}
+
+/// Every document the projection serves once it has applied `wait_for`, and the position of
+/// the page reads (the caller keeps the log still meanwhile).
+pub async fn served_view(
+    client: &reqwest::Client,
+    server: &Server,
+    name: &str,
+    wait_for: u64,
+) -> (BTreeMap<String, Value>, u64) {
+    let mut out = BTreeMap::new();
+    let mut url = server.url(&format!(
+        "/projections/{name}/view?limit=1000&wait_for={wait_for}&timeout_ms=30000"
+    ));
+    loop {
+        let (status, page) = get_json(client, &url).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        for d in page["documents"].as_array().unwrap() {
+            out.insert(d["key"].as_str().unwrap().to_owned(), d["value"].clone());
+        }
+        match page["next"].as_str() {
+            Some(next) => url = server.url(&format!("{next}&wait_for={wait_for}")),
+            None => return (out, page["position"].as_u64().unwrap()),
+        }
+    }
+}
+
+/// Asserts that every example projection, once caught up with the log, serves exactly what a
+/// native run over the log builds; returns the number of documents compared.
+pub async fn assert_views_match_native(client: &reqwest::Client, server: &Server) -> usize {
+    let events = log_events(client, server).await;
+    let head = events.last().map_or(0, |e| e.position);
+    let mut compared = 0;
+    for name in EXAMPLES {
+        let (served, _) = served_view(client, server, name, head).await;
+        let native = native_view(name, &events);
+        assert!(
+            served == native,
+            "{name}: the served view differs from a native run"
+        );
+        compared += served.len();
+    }
+    compared
 }

@@ -1,13 +1,11 @@
 //! Deployment end to end: a real server watching its projections folder, files dropped,
 //! replaced, broken and removed, rebuilds and operator controls over HTTP.
 
-mod common;
-
 use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{
+use crate::common::{
     Server, append, client, deploy, document, get_json, guest, poll_projection, projection_names,
     status_until,
 };

@@ -1,0 +1,338 @@
+//! One loaded projection version, and the state its worker, the registry and the operator's
+//! controls share under one lock.
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+use super::queue::Signal;
+use super::status::{self, FaultReport, RebuildStatus, SkipRecord, State};
+use crate::log::{Position, RecordedEvent, Source};
+use crate::runtime::{Changes, Code, Fault, FaultKind};
+use crate::views::{ViewError, ViewStore};
+
+/// How often at most a view's commit is made durable (fsync'd); commits in between are
+/// rolled back by a crash, with their checkpoints, and simply replayed.
+const DURABLE_EVERY: Duration = Duration::from_secs(1);
+/// Longest wait before retrying a faulted projection.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// One loaded projection version.
+pub(super) struct Slot {
+    pub name: String,
+    /// Its storage in the views folder.
+    pub storage: String,
+    pub code: Code,
+    pub sources: Vec<Source>,
+    pub view: ViewStore,
+    /// Everything that changes while it runs. Taken after the registry's locks and before
+    /// the work queue's; never held across I/O or a call into the guest.
+    pub state: Mutex<SlotState>,
+    /// The checkpoint, for readers waiting until a position is applied (async, lock-free).
+    pub progress: watch::Sender<Position>,
+}
+
+pub(super) struct SlotState {
+    pub checkpoint: Position,
+    pub role: Role,
+    /// Who has the slot: the scheduling handshake between the queue, the workers and the
+    /// operator's skip. At most one worker runs a slot, so its view has one writer.
+    pub run: Run,
+    /// Paused by an operator: no worker takes it until resumed.
+    pub paused: bool,
+    pub fault: Option<Faulted>,
+    /// Events an operator chose to skip, oldest first.
+    pub skipped: Vec<SkipRecord>,
+    pub rate: status::Rate,
+    pub last_durable: Instant,
+}
+
+/// What the version is to its name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Role {
+    /// Answers queries and follows the log.
+    Serving,
+    /// Rebuilding from position 0 beside the serving version; swapped in at the head.
+    Building,
+    /// Replaced or removed: never run again.
+    Retired,
+}
+
+/// Who has the slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Run {
+    /// Nobody: it waits for the head to move, a backoff to end, or a resume.
+    Idle,
+    /// In the work queue.
+    Queued,
+    /// A worker runs its turn.
+    Running,
+    /// An operator's skip is committing.
+    Held,
+}
+
+/// A fault and its retry.
+pub(super) struct Faulted {
+    pub report: FaultReport,
+    /// The backoff has passed (or an operator asked): a worker may run it again.
+    pub retry_due: bool,
+}
+
+/// What a worker does with a projection after a turn.
+pub(super) enum Next {
+    Again,
+    Idle,
+    Faulted(Duration),
+}
+
+impl Slot {
+    pub fn new(
+        name: &str,
+        storage: &str,
+        code: Code,
+        sources: Vec<Source>,
+        view: ViewStore,
+        (checkpoint, skipped): (Position, Vec<SkipRecord>),
+        role: Role,
+    ) -> Self {
+        Slot {
+            name: name.to_owned(),
+            storage: storage.to_owned(),
+            code,
+            sources,
+            view,
+            state: Mutex::new(SlotState {
+                checkpoint,
+                role,
+                run: Run::Idle,
+                paused: false,
+                fault: None,
+                skipped,
+                rate: status::Rate::default(),
+                last_durable: Instant::now(),
+            }),
+            progress: watch::Sender::new(checkpoint),
+        }
+    }
+
+    pub fn checkpoint(&self) -> Position {
+        self.state.lock().checkpoint
+    }
+
+    pub fn role(&self) -> Role {
+        self.state.lock().role
+    }
+
+    /// Paused or retired: a worker lets go of it.
+    pub fn stopped(&self) -> bool {
+        let state = self.state.lock();
+        state.paused || state.role == Role::Retired
+    }
+
+    /// Marks it queued if a worker should run it: behind `head`, idle, not paused or
+    /// retired, and not waiting out a fault's backoff. The caller then queues it.
+    pub fn claim_for_queue(&self, head: Position) -> bool {
+        let mut state = self.state.lock();
+        let blocked = state.fault.as_ref().is_some_and(|f| !f.retry_due);
+        // A building version at the head has a promotion to retry (a failed `CURRENT` write).
+        let has_work = state.checkpoint < head || state.role == Role::Building;
+        if state.run != Run::Idle
+            || state.paused
+            || state.role == Role::Retired
+            || blocked
+            || !has_work
+        {
+            return false;
+        }
+        state.run = Run::Queued;
+        true
+    }
+
+    pub fn set_run(&self, run: Run) {
+        self.state.lock().run = run;
+    }
+
+    /// Never runs again; wakes anyone waiting on its progress so they look for its successor.
+    pub fn retire(&self) {
+        self.state.lock().role = Role::Retired;
+        self.progress.send_modify(|_| {});
+    }
+
+    /// Lets a faulted slot run again now.
+    pub fn make_retry_due(&self) {
+        if let Some(fault) = &mut self.state.lock().fault {
+            fault.retry_due = true;
+        }
+    }
+
+    /// Starts a fault's backoff: after it, the slot may run again. The timer holds only a
+    /// `Weak` reference and the queue's signal, so it keeps nothing open.
+    pub fn start_backoff(self: &Arc<Self>, backoff: Duration, signal: &Arc<Signal>) {
+        let (slot, signal) = (Arc::downgrade(self), signal.clone());
+        let runtime = signal.tokio.clone();
+        runtime.spawn(async move {
+            tokio::time::sleep(backoff).await;
+            if let Some(slot) = Weak::upgrade(&slot) {
+                slot.make_retry_due();
+                drop(slot);
+                signal.rescan();
+            }
+        });
+    }
+
+    /// Before a turn of a faulted slot: the view may have been reopened after a storage
+    /// failure, or a panic may have cut a commit short, so the checkpoint is read back from
+    /// the view, the one record of what is applied.
+    pub fn resync(&self) -> Result<(), ViewError> {
+        if self.state.lock().fault.is_none() {
+            return Ok(());
+        }
+        let checkpoint = self.view.checkpoint()?;
+        let mut state = self.state.lock();
+        if state.checkpoint != checkpoint {
+            tracing::info!(
+                projection = %self.name, from = state.checkpoint, to = checkpoint,
+                "checkpoint read back from the view"
+            );
+            state.checkpoint = checkpoint;
+            drop(state);
+            self.progress.send_replace(checkpoint);
+        }
+        Ok(())
+    }
+
+    /// Commits a batch's changes with its checkpoint; a success clears any fault.
+    pub fn commit(&self, changes: &Changes, checkpoint: Position, applied: usize) -> Next {
+        let durable = self.state.lock().last_durable.elapsed() >= DURABLE_EVERY;
+        if let Err(e) = self.view.commit(changes, checkpoint, durable) {
+            return self.storage_fault(self.checkpoint(), &e);
+        }
+        self.committed(checkpoint, applied, durable)
+    }
+
+    /// Records a commit that reached `checkpoint`; one that applied events, or passed the
+    /// faulted event, clears the fault.
+    pub fn committed(&self, checkpoint: Position, applied: usize, durable: bool) -> Next {
+        let mut state = self.state.lock();
+        if durable {
+            state.last_durable = Instant::now();
+        }
+        state.checkpoint = checkpoint;
+        state.rate.record(checkpoint);
+        if applied > 0
+            || state
+                .fault
+                .as_ref()
+                .is_some_and(|f| f.report.position <= checkpoint)
+        {
+            state.fault = None;
+        }
+        drop(state);
+        self.progress.send_replace(checkpoint);
+        Next::Again
+    }
+
+    /// The guest failed on `event`, and every event before it is committed or was passed
+    /// over by the subscription: the checkpoint steps past the latter, so that it stands just
+    /// before the failing event, then the fault is recorded.
+    pub fn guest_fault(&self, event: &RecordedEvent, fault: Fault) -> Next {
+        let before = event.position.saturating_sub(1);
+        if self.checkpoint() < before
+            && let Next::Faulted(backoff) = self.commit(&Changes::default(), before, 0)
+        {
+            return Next::Faulted(backoff);
+        }
+        self.fault(
+            event.position,
+            event.id.to_string(),
+            event.stream.clone(),
+            fault,
+        )
+    }
+
+    /// The host failed (reading the log or the view, a panic) after `after`.
+    pub fn host_fault(&self, after: Position, message: &str) -> Next {
+        self.position_fault(after, FaultKind::Host, message.to_owned())
+    }
+
+    /// A view commit or read failed after `after`.
+    pub fn storage_fault(&self, after: Position, error: &ViewError) -> Next {
+        let message = if error.is_disk_full() {
+            "the disk is full; the view is retried with backoff".to_owned()
+        } else {
+            error.to_string()
+        };
+        self.position_fault(after, FaultKind::Storage, message)
+    }
+
+    fn position_fault(&self, after: Position, kind: FaultKind, message: String) -> Next {
+        self.fault(
+            after.saturating_add(1),
+            uuid::Uuid::nil().to_string(),
+            String::new(),
+            Fault { kind, message },
+        )
+    }
+
+    fn fault(&self, position: Position, event_id: String, stream: String, fault: Fault) -> Next {
+        let mut state = self.state.lock();
+        let attempts = match &state.fault {
+            Some(previous) if previous.report.position == position => {
+                previous.report.attempts.saturating_add(1)
+            }
+            _ => 1,
+        };
+        tracing::warn!(
+            projection = %self.name, position, kind = ?fault.kind, attempts,
+            "projection faulted: {}", fault.message
+        );
+        state.fault = Some(Faulted {
+            report: FaultReport {
+                kind: fault.kind,
+                message: fault.message,
+                position,
+                event_id,
+                stream,
+                attempts,
+            },
+            retry_due: false,
+        });
+        Next::Faulted(backoff(attempts))
+    }
+
+    /// The state the API shows, from the state under its lock.
+    pub fn state_name(state: &SlotState, head: Position) -> State {
+        if state.paused {
+            State::Paused
+        } else if state.fault.is_some() {
+            State::Faulted
+        } else if state.checkpoint >= head {
+            State::CaughtUp
+        } else {
+            State::Running
+        }
+    }
+
+    pub fn rebuild_status(&self, head: Position) -> RebuildStatus {
+        let state = self.state.lock();
+        let lag = head.saturating_sub(state.checkpoint);
+        let rate = state.rate.per_second();
+        RebuildStatus {
+            state: Self::state_name(&state, head),
+            version: self.code.hash().to_string(),
+            position: state.checkpoint,
+            head,
+            lag,
+            events_per_second: rate,
+            eta_seconds: (rate > 0.0).then(|| lag as f64 / rate),
+            last_error: state.fault.as_ref().map(|f| f.report.clone()),
+        }
+    }
+}
+
+/// 1 s, 2 s, 4 s, ... up to a minute.
+pub(super) fn backoff(attempts: u32) -> Duration {
+    Duration::from_secs(1u64 << attempts.saturating_sub(1).min(6)).min(MAX_BACKOFF)
+}

@@ -1,0 +1,330 @@
+//! Injected failures (`src/failpoint.rs`): each leaves the server serving, the projection
+//! faulted with the right kind, and once the failure is removed, a state equal to a run
+//! without it.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::common::{
+    EXAMPLES, Server, append, assert_views_match_native, clear_failpoint, client, failpoint,
+    get_json, guest, log_events, order_placed, poll_projection, status_until,
+};
+
+/// Appends `count` orders (placed, one item each) and returns the head.
+async fn orders(client: &reqwest::Client, server: &Server, from: u64, count: u64) -> u64 {
+    let mut head = 0;
+    for n in from..from + count {
+        let item = json!({"type": "ItemAdded", "data": {"orderId": format!("{n}"), "sku": "tea",
+            "quantity": 1 + n % 3, "unitPriceCents": 450}});
+        let (status, body) = append(
+            client,
+            server,
+            &format!("order-{n}"),
+            None,
+            &json!([order_placed(n), item]),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        head = body["last_position"].as_u64().unwrap();
+    }
+    head
+}
+
+fn caught_up(head: u64) -> impl Fn(&Value) -> bool {
+    move |s| s["state"] == "caught_up" && s["position"].as_u64() >= Some(head)
+}
+
+#[tokio::test]
+async fn a_failed_view_commit_faults_the_projection_with_kind_storage_and_it_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let client = client();
+    let head = orders(&client, &server, 0, 5).await;
+    for name in EXAMPLES {
+        status_until(&client, &server, name, caught_up(head)).await;
+    }
+    failpoint(&client, &server, "view-commit", "return(eio)").await;
+    let head = orders(&client, &server, 5, 5).await;
+    for name in EXAMPLES {
+        let status = status_until(&client, &server, name, |s| s["state"] == "faulted").await;
+        assert_eq!(status["last_error"]["kind"], "storage", "{status}");
+    }
+    // The rest of the server serves on.
+    let (status, health) = get_json(&client, &server.url("/health")).await;
+    assert_eq!((status, &health["status"]), (StatusCode::OK, &json!("ok")));
+    assert_eq!(log_events(&client, &server).await.len() as u64, head);
+    clear_failpoint(&client, &server, "view-commit").await;
+    for name in EXAMPLES {
+        status_until(&client, &server, name, caught_up(head)).await;
+    }
+    assert_views_match_native(&client, &server).await;
+}
+
+#[tokio::test]
+async fn a_full_disk_on_append_answers_507_writes_nothing_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let client = client();
+    let head = orders(&client, &server, 0, 3).await;
+    failpoint(&client, &server, "log-commit", "return(enospc)").await;
+    let (status, body) = append(
+        &client,
+        &server,
+        "order-x",
+        None,
+        &json!([order_placed(99)]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE, "{body}");
+    assert_eq!(body["error"]["code"], "insufficient_storage");
+    let (status, health) = get_json(&client, &server.url("/health")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert!(health["reason"].as_str().unwrap().contains("disk is full"));
+    // Reads are served meanwhile.
+    assert_eq!(log_events(&client, &server).await.len() as u64, head);
+
+    // Any other I/O failure: a 500 naming no detail of the disk, and nothing written.
+    failpoint(&client, &server, "log-commit", "return(eio)").await;
+    let (status, body) = append(
+        &client,
+        &server,
+        "order-x",
+        None,
+        &json!([order_placed(99)]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+
+    clear_failpoint(&client, &server, "log-commit").await;
+    let head = orders(&client, &server, 3, 3).await;
+    let (status, health) = get_json(&client, &server.url("/health")).await;
+    assert_eq!((status, &health["status"]), (StatusCode::OK, &json!("ok")));
+    let events = log_events(&client, &server).await;
+    assert_eq!(
+        events.len() as u64,
+        head,
+        "the refused appends wrote nothing"
+    );
+    assert!(events.iter().all(|e| e.stream != "order-x"));
+    for name in EXAMPLES {
+        status_until(&client, &server, name, caught_up(head)).await;
+    }
+    assert_views_match_native(&client, &server).await;
+}
+
+#[tokio::test]
+async fn a_dead_log_writer_makes_health_failing_and_appends_503() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let client = client();
+    let head = orders(&client, &server, 0, 2).await;
+    failpoint(&client, &server, "log-commit", "panic").await;
+    let (status, body) = append(&client, &server, "order-x", None, &json!([order_placed(9)])).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "log_failed", "{body}");
+    let (status, health) = get_json(&client, &server.url("/health")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(health["status"], "failing", "{health}");
+    assert!(
+        health["reason"].as_str().unwrap().contains("panicked"),
+        "{health}"
+    );
+    // Every later append names the cause too; reads go on.
+    let (status, body) = append(&client, &server, "order-y", None, &json!([order_placed(9)])).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("panicked")
+    );
+    assert_eq!(log_events(&client, &server).await.len() as u64, head);
+}
+
+#[tokio::test]
+async fn a_panic_in_a_projection_turn_is_a_host_fault_and_the_workers_carry_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(dir.path(), &["--workers", "1"]);
+    let client = client();
+    let head = orders(&client, &server, 0, 2).await;
+    for name in EXAMPLES {
+        status_until(&client, &server, name, caught_up(head)).await;
+    }
+    // The next turn of whichever projection runs first panics, once.
+    failpoint(&client, &server, "turn", "1*panic").await;
+    let head = orders(&client, &server, 2, 3).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let faulted = 'found: loop {
+        for name in EXAMPLES {
+            let (_, status) = get_json(&client, &server.url(&format!("/projections/{name}"))).await;
+            if status["last_error"]["kind"] == "host" {
+                break 'found status;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no projection reported the panic"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(
+        faulted["last_error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("panicked"),
+        "{faulted}"
+    );
+    // The one worker survived: every projection, the panicked one after its backoff, catches
+    // up with later appends too.
+    let head = orders(&client, &server, 5, 2).await.max(head);
+    for name in EXAMPLES {
+        status_until(&client, &server, name, caught_up(head)).await;
+    }
+    assert_views_match_native(&client, &server).await;
+}
+
+#[tokio::test]
+async fn a_failed_compile_cache_write_still_runs_the_projection() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let client = client();
+    let head = orders(&client, &server, 0, 2).await;
+    failpoint(&client, &server, "cache-write", "return(enospc)").await;
+    let wasm = guest("hostile");
+    let cached_before = std::fs::read_dir(dir.path().join("cache")).unwrap().count();
+    let response = client
+        .put(server.url("/projections/hostile"))
+        .body(wasm)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let loaded = caught_up(head);
+    poll_projection(
+        &client,
+        &server,
+        "hostile",
+        Duration::from_secs(60),
+        |s, body| s == StatusCode::OK && loaded(body),
+    )
+    .await;
+    let cached_after = std::fs::read_dir(dir.path().join("cache")).unwrap().count();
+    assert_eq!(cached_before, cached_after, "nothing was cached");
+    clear_failpoint(&client, &server, "cache-write").await;
+}
+
+#[tokio::test]
+async fn a_failed_current_swap_faults_the_rebuild_and_it_is_swapped_in_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let client = client();
+    let head = orders(&client, &server, 0, 4).await;
+    status_until(&client, &server, "order-summary", caught_up(head)).await;
+    failpoint(&client, &server, "view-current", "return(eio)").await;
+    let response = client
+        .post(server.url("/projections/order-summary/rebuild"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let status = status_until(&client, &server, "order-summary", |s| {
+        s["rebuild"]["last_error"]["kind"] == "storage"
+    })
+    .await;
+    // The serving version serves on meanwhile.
+    assert_eq!(status["state"], "caught_up", "{status}");
+    let storages = |dir: &std::path::Path| {
+        std::fs::read_dir(dir.join("views/order-summary"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "redb")
+            })
+            .count()
+    };
+    assert_eq!(storages(dir.path()), 2, "the rebuild's storage is kept");
+    clear_failpoint(&client, &server, "view-current").await;
+    status_until(&client, &server, "order-summary", |s| {
+        s["rebuild"].is_null()
+    })
+    .await;
+    assert_eq!(
+        storages(dir.path()),
+        1,
+        "the old storage is deleted once swapped"
+    );
+    let current = std::fs::read_to_string(dir.path().join("views/order-summary/CURRENT")).unwrap();
+    assert!(
+        dir.path()
+            .join(format!("views/order-summary/{}.redb", current.trim()))
+            .exists()
+    );
+    assert_views_match_native(&client, &server).await;
+}
+
+/// While a promotion's `CURRENT` write stalls for 2 s (under the registry's deploy lock),
+/// view reads and the projection list are answered: neither takes that lock.
+#[tokio::test]
+async fn reads_do_not_wait_on_a_stalled_promotion() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let client = client();
+    let head = orders(&client, &server, 0, 4).await;
+    for name in EXAMPLES {
+        status_until(&client, &server, name, caught_up(head)).await;
+    }
+    failpoint(&client, &server, "view-current", "sleep(2000)").await;
+    let requested = Instant::now();
+    let response = client
+        .post(server.url("/projections/stream-stats/rebuild"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let mut latencies = Vec::new();
+    let mut swapped_at = None;
+    while swapped_at.is_none() {
+        for url in [
+            "/projections",
+            "/projections/order-summary/view/order/1",
+            "/projections/stream-stats/view?prefix=&limit=10",
+        ] {
+            let started = Instant::now();
+            let response = client.get(server.url(url)).send().await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK, "{url}");
+            latencies.push(started.elapsed());
+        }
+        let (_, status) = get_json(&client, &server.url("/projections/stream-stats")).await;
+        if status["rebuild"].is_null() {
+            swapped_at = Some(requested.elapsed());
+        }
+        assert!(
+            requested.elapsed() < Duration::from_secs(60),
+            "never swapped in"
+        );
+    }
+    clear_failpoint(&client, &server, "view-current").await;
+    let swapped_at = swapped_at.unwrap();
+    assert!(
+        swapped_at >= Duration::from_secs(2),
+        "the promotion did stall ({swapped_at:?})"
+    );
+    latencies.sort();
+    let median = latencies[latencies.len() / 2];
+    let worst = *latencies.last().unwrap();
+    println!(
+        "{} reads during a 2 s promotion stall: median {median:?}, worst {worst:?}",
+        latencies.len()
+    );
+    assert!(median < Duration::from_millis(50), "median {median:?}");
+    assert!(
+        worst < Duration::from_secs(1),
+        "a read waited on the stall: {worst:?}"
+    );
+}

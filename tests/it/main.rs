@@ -1,0 +1,13 @@
+//! The integration tests: each drives a real `projector serve` child process over HTTP on
+//! loopback (`common`). One test binary, since each links wasmtime.
+
+mod cli;
+mod common;
+mod crash;
+mod deploy;
+mod disk_full;
+mod faults;
+mod kill_loop;
+mod live;
+mod projections;
+mod streams;
