@@ -14,6 +14,7 @@ fn main() {
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| root.join("target"), PathBuf::from)
         .join("guests");
+    ensure_wasm_target();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut build = Command::new(cargo);
     build
@@ -46,12 +47,40 @@ fn main() {
         .expect("running cargo for the guest components");
     assert!(
         status.success(),
-        "building the guest components for wasm32-wasip2 failed (is the target installed? \
+        "building the guest components for wasm32-wasip2 failed (the target could not be added? \
          `rustup target add wasm32-wasip2`)"
     );
     let out = target_dir.join("wasm32-wasip2").join("guest");
     println!("cargo:rustc-env=PROJECTOR_GUESTS_DIR={}", out.display());
     for watched in ["sdk", "projections", "tests/guests", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
+    }
+}
+
+/// Adds the `wasm32-wasip2` target to the toolchain when it is missing (rustup does not when
+/// `RUSTUP_AUTO_INSTALL=0`), so a fresh checkout builds with `cargo` alone.
+fn ensure_wasm_target() {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let sysroot = Command::new(rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    let installed = sysroot
+        .as_ref()
+        .is_some_and(|root| root.join("lib/rustlib/wasm32-wasip2").is_dir());
+    if installed {
+        return;
+    }
+    println!("cargo:warning=adding the wasm32-wasip2 target with rustup");
+    let mut rustup = Command::new("rustup");
+    rustup.args(["target", "add", "wasm32-wasip2"]);
+    if let Some(toolchain) = std::env::var_os("RUSTUP_TOOLCHAIN") {
+        rustup.arg("--toolchain").arg(toolchain);
+    }
+    match rustup.status() {
+        Ok(status) if status.success() => {}
+        other => println!("cargo:warning=`rustup target add wasm32-wasip2` failed: {other:?}"),
     }
 }

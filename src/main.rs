@@ -186,7 +186,8 @@ async fn run() -> anyhow::Result<()> {
                     written_bytes: guest_writes_mib.saturating_mul(1024 * 1024),
                 },
             };
-            server::serve(config, server::shutdown_signal())
+            let stop = server::shutdown_signal().context("installing the signal handlers")?;
+            server::serve(config, stop)
                 .await
                 .context("projector serve")?;
         }

@@ -186,12 +186,21 @@ impl Sse {
         }
     }
 
-    /// The next event, or `None` if none arrives within `wait`.
+    /// The next event, or `None` if none arrives within `wait`; panics if the stream ends.
     pub async fn next(&mut self, wait: Duration) -> Option<SseEvent> {
-        tokio::time::timeout(wait, self.next_event()).await.ok()
+        let next = tokio::time::timeout(wait, self.next_event()).await.ok()?;
+        Some(next.expect("the stream ended"))
     }
 
-    async fn next_event(&mut self) -> SseEvent {
+    /// The next event, or `None` if none arrives within `wait` or the stream ends.
+    pub async fn next_or_end(&mut self, wait: Duration) -> Option<SseEvent> {
+        tokio::time::timeout(wait, self.next_event())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    async fn next_event(&mut self) -> Option<SseEvent> {
         loop {
             if let Some(end) = self.buffer.find("\n\n") {
                 let block: String = self.buffer.drain(..end + 2).collect();
@@ -206,14 +215,16 @@ impl Sse {
                     }
                 }
                 if let Some(id) = id {
-                    return SseEvent {
+                    return Some(SseEvent {
                         id,
                         data: serde_json::from_str(&data).unwrap(),
-                    };
+                    });
                 }
                 continue;
             }
-            let chunk = self.body.next().await.expect("the stream ended").unwrap();
+            let Some(Ok(chunk)) = self.body.next().await else {
+                return None;
+            };
             self.buffer.push_str(std::str::from_utf8(&chunk).unwrap());
         }
     }

@@ -149,7 +149,7 @@ fn start_load(
     tasks.push(tokio::spawn(async move {
         let mut sse = Sse::connect(&live, None).await;
         let mut last = 0;
-        while let Some(event) = sse.next(Duration::from_secs(30)).await {
+        while let Some(event) = sse.next_or_end(Duration::from_secs(30)).await {
             assert!(event.id > last, "SSE ids increase");
             last = event.id;
         }
