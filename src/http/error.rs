@@ -92,6 +92,7 @@ impl From<InvalidAppend> for ApiError {
             InvalidAppend::EventType(_) => Self::bad_request("invalid_event_type", message),
             InvalidAppend::Empty => Self::bad_request("empty_append", message),
             InvalidAppend::RepeatedId(_) => Self::bad_request("repeated_event_id", message),
+            InvalidAppend::TooDeep => Self::bad_request("json_too_deep", message),
             InvalidAppend::TooManyEvents { .. } | InvalidAppend::EventTooLarge { .. } => {
                 Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
             }

@@ -92,6 +92,11 @@ fn start_at(
                 ),
             )),
         },
+        // No client has seen a position past the head (and u64::MAX + 1 would wrap).
+        (_, Some(position), _) if position > head => Err(ApiError::bad_request(
+            "invalid_last_event_id",
+            format!("Last-Event-ID {position} is past the head of the log ({head})"),
+        )),
         (_, Some(position), _) => Ok(position + 1),
         (_, None, Some(from)) => Ok(from),
         (Source::Stream(_), None, None) => Ok(reader

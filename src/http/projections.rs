@@ -208,9 +208,15 @@ pub async fn page(
     for d in documents.into_iter().take(limit) {
         let value = String::from_utf8(d.value)
             .ok()
-            .and_then(|text| RawValue::from_string(text).ok())
-            .ok_or_else(|| ApiError::internal(format!("document {:?} is not JSON", d.key)))?;
-        items.push(serde_json::json!({ "key": d.key, "value": value }));
+            .and_then(|text| RawValue::from_string(text).ok());
+        items.push(match value {
+            Some(value) => serde_json::json!({ "key": d.key, "value": value }),
+            // A guest can store any bytes; the page still serves, and names the bad one.
+            None => serde_json::json!({ "key": d.key, "error": {
+                "code": "not_json",
+                "message": format!("the projection stored a document under {:?} that is not JSON", d.key),
+            }}),
+        });
     }
     let next = match items.last() {
         Some(last) if more => {

@@ -121,16 +121,13 @@ pub async fn append(
     })?;
     let events = parsed
         .into_iter()
-        .enumerate()
-        .map(|(i, e)| {
-            NewEvent::new(
-                e.id,
-                e.event_type,
-                JsonPayload::from_raw(e.data),
-                e.metadata.map(JsonPayload::from_raw),
-            )
-            .map_err(|err| ApiError::from(err).context(format!("event {i}")))
+        .map(|e| {
+            let data = JsonPayload::from_raw(e.data)?;
+            let metadata = e.metadata.map(JsonPayload::from_raw).transpose()?;
+            NewEvent::new(e.id, e.event_type, data, metadata)
         })
+        .enumerate()
+        .map(|(i, event)| event.map_err(|err| ApiError::from(err).context(format!("event {i}"))))
         .collect::<Result<Vec<_>, _>>()?;
     let count = events.len() as u64;
     let request = AppendRequest::new(stream.clone(), expected, events)?;

@@ -2,7 +2,7 @@
 
 use uuid::Uuid;
 
-use super::types::{ExpectedRevision, MAX_EVENT_BYTES, MAX_EVENTS_PER_APPEND};
+use super::types::{ExpectedRevision, MAX_EVENT_BYTES, MAX_EVENTS_PER_APPEND, MAX_JSON_DEPTH};
 
 /// A request the log refuses before looking at storage.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -19,6 +19,10 @@ pub enum InvalidAppend {
     EventTooLarge { size: usize },
     #[error("event id {0} appears twice in one append")]
     RepeatedId(Uuid),
+    #[error(
+        "an event's data or metadata nests arrays and objects deeper than {MAX_JSON_DEPTH} levels"
+    )]
+    TooDeep,
 }
 
 /// Why an append was not accepted. Nothing of a failed request is written.

@@ -27,8 +27,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub use error::{AppendError, InvalidAppend, StorageError, is_disk_full};
 pub use types::{
     AppendOutcome, AppendRequest, Direction, EventId, ExpectedRevision, JsonPayload,
-    MAX_EVENT_BYTES, MAX_EVENT_TYPE_BYTES, MAX_EVENTS_PER_APPEND, MAX_STREAM_NAME_BYTES, NewEvent,
-    Position, RecordedEvent, Source, StreamName,
+    MAX_EVENT_BYTES, MAX_EVENT_TYPE_BYTES, MAX_EVENTS_PER_APPEND, MAX_JSON_DEPTH,
+    MAX_STREAM_NAME_BYTES, NewEvent, Position, RecordedEvent, Source, StreamName,
 };
 
 pub use store::FlushPolicy;

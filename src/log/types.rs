@@ -16,6 +16,10 @@ pub const MAX_STREAM_NAME_BYTES: usize = 256;
 pub const MAX_EVENT_TYPE_BYTES: usize = 256;
 /// Largest `data` plus `metadata` of one event, in bytes.
 pub const MAX_EVENT_BYTES: usize = 1024 * 1024;
+/// Deepest nesting of arrays and objects in an event's data or metadata. Many clients' JSON
+/// parsers refuse deep documents (serde_json at 128 levels, counting the event around the
+/// data), so deeper ones are refused on the way in.
+pub const MAX_JSON_DEPTH: usize = 100;
 /// Most events in one append request.
 pub const MAX_EVENTS_PER_APPEND: usize = 10_000;
 
@@ -86,13 +90,19 @@ pub fn category_of(stream: &str) -> Option<&str> {
 pub struct JsonPayload(Vec<u8>);
 
 impl JsonPayload {
-    pub fn from_raw(raw: &RawValue) -> Self {
-        Self(minify(raw.get().as_bytes()))
+    /// A payload as a client sent it; refused when nested deeper than [`MAX_JSON_DEPTH`].
+    pub fn from_raw(raw: &RawValue) -> Result<Self, InvalidAppend> {
+        let (bytes, depth) = minify(raw.get().as_bytes());
+        if depth > MAX_JSON_DEPTH {
+            return Err(InvalidAppend::TooDeep);
+        }
+        Ok(Self(bytes))
     }
 
+    /// A payload from trusted text (tests, stored events).
     pub fn parse(text: &str) -> Result<Self, serde_json::Error> {
         let raw: &RawValue = serde_json::from_str(text)?;
-        Ok(Self::from_raw(raw))
+        Ok(Self(minify(raw.get().as_bytes()).0))
     }
 
     pub fn as_bytes(&self) -> &[u8] {
@@ -101,11 +111,12 @@ impl JsonPayload {
 }
 
 /// Drops white space outside strings from valid JSON, keeping every token as written (numbers
-/// keep their digits, objects their key order). Raw newlines cannot occur inside JSON strings,
-/// so the result is one line.
-fn minify(json: &[u8]) -> Vec<u8> {
+/// keep their digits, objects their key order), and measures the deepest nesting. Raw
+/// newlines cannot occur inside JSON strings, so the result is one line.
+fn minify(json: &[u8]) -> (Vec<u8>, usize) {
     let mut out = Vec::with_capacity(json.len());
     let (mut in_string, mut escaped) = (false, false);
+    let (mut depth, mut deepest) = (0usize, 0usize);
     for &b in json {
         if in_string {
             if escaped {
@@ -119,10 +130,15 @@ fn minify(json: &[u8]) -> Vec<u8> {
             in_string = true;
         } else if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
             continue;
+        } else if matches!(b, b'[' | b'{') {
+            depth += 1;
+            deepest = deepest.max(depth);
+        } else if matches!(b, b']' | b'}') {
+            depth = depth.saturating_sub(1);
         }
         out.push(b);
     }
-    out
+    (out, deepest)
 }
 
 /// What the writer must find before it appends (EventStoreDB's semantics).
@@ -145,7 +161,8 @@ impl ExpectedRevision {
             Self::Any => true,
             Self::NoStream => len == 0,
             Self::Exists => len > 0,
-            Self::Exact(revision) => len == revision + 1,
+            // Checked: a client may send u64::MAX, which no stream reaches.
+            Self::Exact(revision) => revision.checked_add(1) == Some(len),
         }
     }
 }
@@ -376,6 +393,7 @@ mod tests {
         assert!(!ExpectedRevision::Exists.admits(0));
         assert!(ExpectedRevision::Exact(2).admits(3));
         assert!(!ExpectedRevision::Exact(2).admits(2));
+        assert!(!ExpectedRevision::Exact(u64::MAX).admits(0));
     }
 
     #[test]

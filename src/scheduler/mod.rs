@@ -42,7 +42,7 @@ pub use status::{FaultReport, RebuildStatus, SkipRecord, State, Status, Subscrip
 
 use queue::Signal;
 use registry::Registry;
-use slot::{Role, Slot};
+use slot::Slot;
 
 pub struct SchedulerConfig {
     /// The folder of `<name>.wasm` files.
@@ -193,16 +193,19 @@ impl Projections {
                     return false;
                 };
                 let mut progress = slot.progress.subscribe();
-                let reached = progress
-                    .wait_for(|p| *p >= position || slot.role() == Role::Retired)
+                let seen = match progress
+                    .wait_for(|p| p.checkpoint >= position || p.retired)
                     .await
-                    .is_ok_and(|p| *p >= position);
-                if reached {
+                {
+                    Ok(seen) => *seen,
+                    Err(_) => return false,
+                };
+                if seen.checkpoint >= position {
                     return true;
                 }
-                if slot.role() != Role::Retired {
-                    return false;
-                }
+                // Retired: wait on its successor, if the name still has one (a removal
+                // retires before it unpublishes, so give it a moment).
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
         };
         tokio::time::timeout(timeout, wait).await.unwrap_or(false)

@@ -30,8 +30,9 @@ pub(super) struct Slot {
     /// Everything that changes while it runs. Taken after the registry's locks and before
     /// the work queue's; never held across I/O or a call into the guest.
     pub state: Mutex<SlotState>,
-    /// The checkpoint, for readers waiting until a position is applied (async, lock-free).
-    pub progress: watch::Sender<Position>,
+    /// The checkpoint and whether the version is retired, for readers on the reactor waiting
+    /// until a position is applied (without the state's lock).
+    pub progress: watch::Sender<Progress>,
 }
 
 pub(super) struct SlotState {
@@ -47,6 +48,14 @@ pub(super) struct SlotState {
     pub skipped: Vec<SkipRecord>,
     pub rate: status::Rate,
     pub last_durable: Instant,
+}
+
+/// What a reader waiting on a version sees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Progress {
+    pub checkpoint: Position,
+    /// Replaced or removed: whoever waits looks for its successor.
+    pub retired: bool,
 }
 
 /// What the version is to its name.
@@ -113,7 +122,10 @@ impl Slot {
                 rate: status::Rate::default(),
                 last_durable: Instant::now(),
             }),
-            progress: watch::Sender::new(checkpoint),
+            progress: watch::Sender::new(Progress {
+                checkpoint,
+                retired: false,
+            }),
         }
     }
 
@@ -157,7 +169,7 @@ impl Slot {
     /// Never runs again; wakes anyone waiting on its progress so they look for its successor.
     pub fn retire(&self) {
         self.state.lock().role = Role::Retired;
-        self.progress.send_modify(|_| {});
+        self.progress.send_modify(|p| p.retired = true);
     }
 
     /// Lets a faulted slot run again now.
@@ -198,7 +210,7 @@ impl Slot {
             );
             state.checkpoint = checkpoint;
             drop(state);
-            self.progress.send_replace(checkpoint);
+            self.progress.send_modify(|p| p.checkpoint = checkpoint);
         }
         Ok(())
     }
@@ -230,7 +242,7 @@ impl Slot {
             state.fault = None;
         }
         drop(state);
-        self.progress.send_replace(checkpoint);
+        self.progress.send_modify(|p| p.checkpoint = checkpoint);
         Next::Again
     }
 

@@ -7,6 +7,7 @@ mod crash;
 mod deploy;
 mod disk_full;
 mod faults;
+mod hostile_clients;
 mod kill_loop;
 mod live;
 mod projections;

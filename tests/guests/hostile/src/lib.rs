@@ -7,7 +7,8 @@
 //! - `Refuse`: returns an error;
 //! - `Flood`: writes 1 MiB documents without end;
 //! - `Sleep`: sleeps for an hour through WASI's monotonic clock;
-//! - `Print`: prints its data to stdout and counts it like any other event.
+//! - `Print`: prints its data to stdout and counts it like any other event;
+//! - `Garbage`: stores a document under `garbage` that is not JSON (nor UTF-8).
 
 use projector_sdk::{Error, Event, Projection, Subscription, View};
 
@@ -45,6 +46,7 @@ impl Projection for Hostile {
             }
             "Sleep" => std::thread::sleep(std::time::Duration::from_secs(3600)),
             "Print" => println!("{}", String::from_utf8_lossy(event.data)),
+            "Garbage" => view.put_bytes("garbage", b"not json \xff".to_vec()),
             _ => {}
         }
         view.update("count", |n: &mut u64| *n += 1)
