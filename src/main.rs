@@ -23,6 +23,52 @@ struct Cli {
     command: Command,
 }
 
+/// The HTTP server's limits: what a client, careless or hostile, may hold.
+#[derive(clap::Args)]
+struct HttpArgs {
+    /// Most open connections; over it a new connection gets a 503 (default: sized to the
+    /// file-descriptor limit, which the server raises to its hard limit, at most 10,000).
+    #[arg(long, env = "PROJECTOR_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Seconds a connection has to send a request's headers, from when it opens or its
+    /// previous response ends (so idle keep-alive connections close after it too).
+    #[arg(long, env = "PROJECTOR_HEADER_TIMEOUT", default_value_t = 20)]
+    header_timeout: u64,
+    /// Seconds a response may wait on a client that does not read before the connection is
+    /// closed.
+    #[arg(long, env = "PROJECTOR_SEND_TIMEOUT", default_value_t = 30)]
+    send_timeout: u64,
+    /// Seconds in-flight requests get to finish at shutdown before their connections close.
+    #[arg(long, env = "PROJECTOR_DRAIN_TIMEOUT", default_value_t = 10)]
+    drain_timeout: u64,
+    /// Most NDJSON reads streaming at once; over it a read gets a 503 with Retry-After.
+    #[arg(long, env = "PROJECTOR_MAX_STREAMS", default_value_t = 128)]
+    max_streams: usize,
+    /// Most live (SSE) subscriptions at once; over it a subscription gets a 503 with
+    /// Retry-After.
+    #[arg(long, env = "PROJECTOR_MAX_LIVE", default_value_t = 1024)]
+    max_live: usize,
+}
+
+impl HttpArgs {
+    fn limits(&self) -> server::HttpLimits {
+        let open_files = projector::http::serve::raise_open_files_limit();
+        server::HttpLimits {
+            serve: projector::http::serve::Limits {
+                max_connections: self
+                    .max_connections
+                    .unwrap_or_else(|| projector::http::serve::Limits::connections_for(open_files))
+                    .max(1),
+                header_timeout: Duration::from_secs(self.header_timeout.max(1)),
+                send_timeout: Duration::from_secs(self.send_timeout.max(1)),
+                drain_timeout: Duration::from_secs(self.drain_timeout),
+            },
+            max_streams: self.max_streams.max(1),
+            max_live: self.max_live.max(1),
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the server: the event log, projections and the HTTP API.
@@ -57,6 +103,8 @@ enum Command {
         /// Wall-clock limit of one call into a projection, in seconds.
         #[arg(long, env = "PROJECTOR_GUEST_DEADLINE", default_value_t = 10)]
         guest_deadline: u64,
+        #[command(flatten)]
+        http: HttpArgs,
     },
     /// Show the projections of a running server: state, version, position, lag, rate,
     /// rebuilds and faults.
@@ -170,6 +218,7 @@ async fn run() -> anyhow::Result<()> {
             guest_memory_mib,
             guest_writes_mib,
             guest_deadline,
+            http,
         } => {
             let config = ServeConfig {
                 data,
@@ -185,6 +234,7 @@ async fn run() -> anyhow::Result<()> {
                     memory_bytes: guest_memory_mib.saturating_mul(1024 * 1024),
                     written_bytes: guest_writes_mib.saturating_mul(1024 * 1024),
                 },
+                http: http.limits(),
             };
             let stop = server::shutdown_signal().context("installing the signal handlers")?;
             server::serve(config, stop)

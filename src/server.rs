@@ -47,6 +47,18 @@ pub struct ServeConfig {
     /// Worker threads running projections.
     pub workers: usize,
     pub limits: Limits,
+    pub http: HttpLimits,
+}
+
+/// What the HTTP server lets clients hold.
+#[derive(Clone, Debug)]
+pub struct HttpLimits {
+    /// Connections, timeouts and the shutdown drain.
+    pub serve: http::serve::Limits,
+    /// NDJSON reads streaming at once.
+    pub max_streams: usize,
+    /// Live subscriptions at once.
+    pub max_live: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,16 +125,19 @@ pub async fn serve(
     let app = http::router(AppState {
         log,
         projections: projections.clone(),
-        shutdown: shutdown_rx,
+        shutdown: shutdown_rx.clone(),
         sse_keep_alive: config.sse_keep_alive,
+        streams: Arc::new(tokio::sync::Semaphore::new(config.http.max_streams)),
+        live: Arc::new(tokio::sync::Semaphore::new(config.http.max_live)),
     });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            stop.await;
-            tracing::info!("shutting down");
-            shutdown_tx.send_replace(true);
-        })
-        .await?;
+    // The stop task: owned by the runtime, it ends when `stop` resolves, which also ends the
+    // live subscriptions (they watch the same flag).
+    tokio::spawn(async move {
+        stop.await;
+        tracing::info!("shutting down");
+        shutdown_tx.send_replace(true);
+    });
+    http::serve::serve(listener, app, config.http.serve.clone(), shutdown_rx).await;
     // The router is gone. Stop the projections (their views' checkpoints made durable), then
     // the writer: with every log handle dropped it commits what is queued and stops.
     tokio::task::spawn_blocking(move || projections.shutdown()).await?;

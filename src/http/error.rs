@@ -14,6 +14,10 @@ pub struct ApiError {
     message: String,
     /// For a revision conflict: the stream's current revision (`null` when it has no events).
     current_revision: Option<Option<u64>>,
+    /// Seconds after which a refused request may be retried (`Retry-After`).
+    retry_after: Option<u64>,
+    /// For a failure of the server: the id its log line carries.
+    request_id: Option<String>,
 }
 
 impl ApiError {
@@ -23,6 +27,16 @@ impl ApiError {
             code,
             message: message.into(),
             current_revision: None,
+            retry_after: None,
+            request_id: None,
+        }
+    }
+
+    /// 503 with `Retry-After: 1`: a limit on concurrent work is reached.
+    pub fn busy(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            retry_after: Some(1),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
         }
     }
 
@@ -34,14 +48,23 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, code, message)
     }
 
-    /// A failure of the server itself (storage), logged and reported as 500.
+    /// A failure of the server itself, reported as 500 without its detail (storage errors
+    /// name files and system errors): the detail is logged with an id the answer carries.
     pub fn internal(error: impl std::fmt::Display) -> Self {
-        tracing::error!(%error, "request failed");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
-            error.to_string(),
-        )
+        Self::failure(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", error)
+    }
+
+    fn failure(status: StatusCode, code: &'static str, error: impl std::fmt::Display) -> Self {
+        let id = uuid::Uuid::new_v4().simple().to_string()[..16].to_owned();
+        tracing::error!(request_id = %id, %error, "request failed");
+        Self {
+            request_id: Some(id.clone()),
+            ..Self::new(
+                status,
+                code,
+                format!("the server failed; its log has the details under request id {id}"),
+            )
+        }
     }
 
     /// Says which part of the request the error is about.
@@ -57,7 +80,16 @@ impl IntoResponse for ApiError {
         if let Some(current) = self.current_revision {
             error["current_revision"] = json!(current);
         }
-        (self.status, axum::Json(json!({ "error": error }))).into_response()
+        if let Some(id) = self.request_id {
+            error["request_id"] = json!(id);
+        }
+        let mut response = (self.status, axum::Json(json!({ "error": error }))).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 
@@ -119,12 +151,7 @@ impl From<StorageError> for ApiError {
             }
             _ => {}
         }
-        tracing::error!(error = %e, "storage failure");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "storage_error",
-            e.to_string(),
-        )
+        Self::failure(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", e)
     }
 }
 
@@ -143,12 +170,7 @@ impl From<crate::views::ViewError> for ApiError {
 
 impl From<tokio::task::JoinError> for ApiError {
     fn from(e: tokio::task::JoinError) -> Self {
-        tracing::error!(error = %e, "a blocking task failed");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
-            e.to_string(),
-        )
+        Self::internal(e)
     }
 }
 

@@ -4,25 +4,36 @@
 //! event is lost and none is sent twice.
 
 use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use serde::Deserialize;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use super::error::{ApiError, rejection};
 use super::streams::{parse_source, path_param};
 use super::{AppState, encode};
 use crate::log::{Direction, LogReader, Source};
 
-/// Events read per redb snapshot while catching up.
+/// Events read per redb snapshot while catching up...
 const CATCH_UP_CHUNK: usize = 512;
-/// Events buffered for a slow client before the subscription waits for it.
-const BUFFER: usize = 1024;
+/// ... and their data and metadata bytes, at most (plus one event).
+const CATCH_UP_BYTES: usize = 256 * 1024;
+/// Bytes of events queued for a subscriber that has not taken them yet. Past it the
+/// subscription waits for the client, for at most [`SLOW_SUBSCRIBER`].
+const QUEUED_BYTES: u32 = 1024 * 1024;
+/// How long a subscriber may stay [`QUEUED_BYTES`] behind before it is disconnected, with a
+/// comment saying why; it resumes with `Last-Event-ID`.
+const SLOW_SUBSCRIBER: Duration = Duration::from_secs(10);
+
+/// One queued event and its share of the subscriber's byte budget, released when taken.
+type Queued = (Event, OwnedSemaphorePermit);
 
 #[derive(Deserialize)]
 pub struct LiveParams {
@@ -39,6 +50,12 @@ pub async fn subscribe(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let source = parse_source(&path_param(path)?)?;
+    let permit = state.live.clone().try_acquire_owned().map_err(|_| {
+        ApiError::busy(
+            "too_many_subscriptions",
+            "the server holds as many live subscriptions as it takes; retry shortly",
+        )
+    })?;
     let Query(params) = query.map_err(|r| rejection("invalid_query", r))?;
     let last_seen = match headers.get("last-event-id") {
         None => None,
@@ -66,11 +83,67 @@ pub async fn subscribe(
     };
 
     let keep_alive = KeepAlive::new().interval(state.sse_keep_alive);
-    let (tx, rx) = mpsc::channel(BUFFER);
-    tokio::spawn(follow(state, reader, source, start, tx));
-    Ok(Sse::new(ReceiverStream::new(rx))
+    // The queue is bounded by the byte budget; the count only bounds its bookkeeping.
+    let (tx, rx) = mpsc::channel::<Queued>(4096);
+    let (why_tx, why) = oneshot::channel::<String>();
+    let subscriber = Subscriber {
+        tx,
+        budget: Arc::new(Semaphore::new(QUEUED_BYTES as usize)),
+        why: Some(why_tx),
+    };
+    // The follower: owned by the runtime, it ends when the client goes away, the server
+    // shuts down, a read fails, or the subscriber falls too far behind. It holds the
+    // subscription's permit.
+    tokio::spawn(async move {
+        let _permit = permit;
+        follow(state, reader, source, start, subscriber).await;
+    });
+    let events = futures_util::stream::unfold((rx, Some(why)), |(mut rx, why)| async move {
+        match rx.recv().await {
+            // The permit goes with the event: the budget frees as the client takes events.
+            Some((event, _taken)) => Some((Ok::<_, Infallible>(event), (rx, why))),
+            None => {
+                let reason = why?.await.ok()?;
+                Some((Ok(Event::default().comment(reason)), (rx, None)))
+            }
+        }
+    });
+    Ok(Sse::new(events.boxed())
         .keep_alive(keep_alive)
         .into_response())
+}
+
+/// The follower's end of a subscription.
+struct Subscriber {
+    tx: mpsc::Sender<Queued>,
+    /// Bytes queued and not yet taken, at most [`QUEUED_BYTES`].
+    budget: Arc<Semaphore>,
+    /// Why the follower ended the subscription, sent as the last SSE comment.
+    why: Option<oneshot::Sender<String>>,
+}
+
+impl Subscriber {
+    /// Queues `event` once the budget has room for it; false when the subscription is over
+    /// (the client went away, or stayed too far behind and was told why).
+    async fn send(&mut self, event: Event, bytes: usize) -> bool {
+        let bytes = bytes.clamp(1, QUEUED_BYTES as usize) as u32;
+        let permit = tokio::time::timeout(
+            SLOW_SUBSCRIBER,
+            self.budget.clone().acquire_many_owned(bytes),
+        )
+        .await;
+        let Ok(Ok(permit)) = permit else {
+            if let Some(why) = self.why.take() {
+                let _ = why.send(format!(
+                    "disconnected: more than {QUEUED_BYTES} bytes of events waited for this \
+                     client for {}s; reconnect with Last-Event-ID to resume",
+                    SLOW_SUBSCRIBER.as_secs()
+                ));
+            }
+            return false;
+        };
+        self.tx.send((event, permit)).await.is_ok()
+    }
 }
 
 /// The coordinate of the first event to send.
@@ -113,7 +186,7 @@ async fn follow(
     reader: LogReader,
     source: Source,
     mut cursor: u64,
-    tx: mpsc::Sender<Result<Event, Infallible>>,
+    mut subscriber: Subscriber,
 ) {
     let mut head = state.log.head();
     let mut shutdown = state.shutdown.clone();
@@ -124,12 +197,13 @@ async fn follow(
             let read = {
                 let (reader, source) = (reader.clone(), source.clone());
                 tokio::task::spawn_blocking(move || {
-                    reader.read(
+                    reader.read_bounded(
                         &source,
                         Some(cursor),
                         Direction::Forward,
                         CATCH_UP_CHUNK,
                         until,
+                        CATCH_UP_BYTES,
                     )
                 })
                 .await
@@ -152,18 +226,19 @@ async fn follow(
                 encode::event(&mut json, e);
                 let data = String::from_utf8(json)
                     .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+                let bytes = data.len();
                 let event = Event::default().id(e.position.to_string()).data(data);
-                if tx.send(Ok(event)).await.is_err() {
+                if !subscriber.send(event, bytes).await {
                     return;
                 }
             }
-            if events.len() < CATCH_UP_CHUNK {
+            if events.last().map(|e| e.position) >= Some(until) {
                 break;
             }
         }
         tokio::select! {
             changed = head.changed() => if changed.is_err() { return },
-            _ = tx.closed() => return,
+            _ = subscriber.tx.closed() => return,
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
     }

@@ -9,6 +9,7 @@ mod encode;
 mod error;
 mod live;
 mod projections;
+pub mod serve;
 mod streams;
 
 use std::sync::Arc;
@@ -41,6 +42,10 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// How often an idle live subscription sends an SSE comment, so proxies keep it open.
     pub sse_keep_alive: Duration,
+    /// One permit per NDJSON read streaming: a read without one gets a 503.
+    pub streams: Arc<tokio::sync::Semaphore>,
+    /// One permit per live subscription.
+    pub live: Arc<tokio::sync::Semaphore>,
 }
 
 pub fn router(state: AppState) -> Router {

@@ -49,9 +49,11 @@ pub async fn status(
 pub async fn put(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
     let Path(name) = path.map_err(|r| rejection("invalid_path", r))?;
+    // Over the body limit: a JSON 413 like an append's, not axum's plain text.
+    let body = body.map_err(|r| rejection("invalid_body", r))?;
     if !valid_name(&name) {
         return Err(ApiError::bad_request(
             "invalid_name",

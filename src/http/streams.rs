@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::error::{ApiError, rejection};
 use super::{AppState, encode};
 use crate::log::{
-    AppendOutcome, AppendRequest, Direction, ExpectedRevision, JsonPayload, NewEvent,
+    AppendOutcome, AppendRequest, Direction, ExpectedRevision, JsonPayload, LogReader, NewEvent,
     RecordedEvent, Source, StreamName,
 };
 
@@ -25,6 +25,11 @@ const DEFAULT_PAGE: usize = 100;
 pub const MAX_PAGE: usize = 10_000;
 /// Events read per redb snapshot while streaming NDJSON.
 const NDJSON_CHUNK: usize = 1024;
+/// Stored bytes a JSON page holds at most (plus one event): a longer page stops early and
+/// links `next`.
+const PAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Stored bytes of one NDJSON chunk at most (plus one event); one chunk is read ahead.
+const CHUNK_BYTES: usize = 256 * 1024;
 /// What may be percent-encoded in a stream name inside a `next` link: all but unreserved.
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
@@ -222,15 +227,31 @@ pub async fn read(
     let reader = state.log.reader().clone();
     let direction = params.direction;
     let (source, events) = tokio::task::spawn_blocking(move || {
-        // One more than the page shows whether a next page exists, and where it starts.
-        let events = reader.read(&source, params.from, direction, limit + 1, until);
+        // One more than the page shows whether a next page exists, and where it starts; the
+        // read stops once past the byte budget, with the first event of the next page.
+        let events = reader.read_bounded(
+            &source,
+            params.from,
+            direction,
+            limit + 1,
+            until,
+            PAGE_BYTES,
+        );
         (source, events)
     })
     .await?;
     let mut events = events?.ok_or_else(|| not_found(&name))?;
-    let next = (events.len() > limit).then(|| {
-        let first_of_next = source.coordinate(&events[limit]);
-        events.truncate(limit);
+    let stored: usize = events.iter().map(|e| e.data.len() + e.metadata.len()).sum();
+    let keep = if events.len() > limit {
+        Some(limit)
+    } else if events.len() > 1 && stored > PAGE_BYTES {
+        Some(events.len() - 1)
+    } else {
+        None
+    };
+    let next = keep.map(|keep| {
+        let first_of_next = source.coordinate(&events[keep]);
+        events.truncate(keep);
         let segment = utf8_percent_encode(&name, SEGMENT);
         format!(
             "/streams/{segment}?from={first_of_next}&limit={limit}&direction={}",
@@ -269,49 +290,46 @@ async fn ndjson(
     params: ReadParams,
     until: u64,
 ) -> Result<Response, ApiError> {
+    let permit = state.streams.clone().try_acquire_owned().map_err(|_| {
+        ApiError::busy(
+            "too_many_streams",
+            "the server streams as many NDJSON reads as it takes at once; retry shortly",
+        )
+    })?;
     let reader = state.log.reader().clone();
     let direction = params.direction;
-    let mut remaining = params.limit.unwrap_or(usize::MAX);
-    let first_chunk = {
-        let (reader, source) = (reader.clone(), source.clone());
-        tokio::task::spawn_blocking(move || {
-            reader.read(
-                &source,
-                params.from,
-                direction,
-                NDJSON_CHUNK.min(remaining),
-                until,
-            )
-        })
-        .await??
-    };
+    let remaining = params.limit.unwrap_or(usize::MAX);
+    let first_chunk = chunk(&reader, &source, params.from, direction, remaining, until).await?;
     let Some(first_chunk) = first_chunk else {
         return Err(not_found(name));
     };
-    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-    tokio::task::spawn_blocking(move || {
-        let mut chunk = first_chunk;
+    // One chunk waits in the channel while the next is read: a slow client holds back only
+    // its own reads, and no thread of the blocking pool waits on it.
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+    // The producer: owned by the runtime, it ends at the last chunk, on a read error, or when
+    // the client goes away (the body, and so the receiver, is dropped).
+    tokio::spawn(async move {
+        let _permit = permit;
+        let (mut chunk_events, mut remaining) = (first_chunk, remaining);
         loop {
-            let Some(last) = chunk.last() else { return };
+            let Some(last) = chunk_events.last() else {
+                return;
+            };
             let next = source.next_after(last, direction);
-            remaining -= chunk.len();
-            if tx.blocking_send(Ok(lines(&chunk))).is_err() {
-                return; // the client went away
+            remaining -= chunk_events.len();
+            if tx.send(Ok(lines(&chunk_events))).await.is_err() {
+                return;
             }
             let (Some(from), true) = (next, remaining > 0) else {
                 return;
             };
-            chunk = match reader.read(
-                &source,
-                Some(from),
-                direction,
-                NDJSON_CHUNK.min(remaining),
-                until,
-            ) {
+            chunk_events = match chunk(&reader, &source, Some(from), direction, remaining, until)
+                .await
+            {
                 Ok(events) => events.unwrap_or_default(),
                 Err(e) => {
-                    tracing::error!(error = %e, "NDJSON read failed; the response is cut short");
-                    let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+                    tracing::error!(error = ?e, "NDJSON read failed; the response is cut short");
+                    let _ = tx.send(Err(std::io::Error::other("read failed"))).await;
                     return;
                 }
             };
@@ -323,6 +341,24 @@ async fn ndjson(
         body,
     )
         .into_response())
+}
+
+/// One NDJSON chunk, read on the blocking pool: at most `remaining` events and about
+/// [`CHUNK_BYTES`].
+async fn chunk(
+    reader: &LogReader,
+    source: &Source,
+    from: Option<u64>,
+    direction: Direction,
+    remaining: usize,
+    until: u64,
+) -> Result<Option<Vec<RecordedEvent>>, ApiError> {
+    let (reader, source) = (reader.clone(), source.clone());
+    let limit = NDJSON_CHUNK.min(remaining);
+    Ok(tokio::task::spawn_blocking(move || {
+        reader.read_bounded(&source, from, direction, limit, until, CHUNK_BYTES)
+    })
+    .await??)
 }
 
 fn lines(events: &[RecordedEvent]) -> Bytes {

@@ -61,7 +61,7 @@ pub enum StorageError {
     #[error("corrupt record at position {position}: {reason}")]
     Corrupt { position: u64, reason: &'static str },
     /// A failure already reported elsewhere, passed on to every request it affected.
-    #[error("storage: {0}")]
+    #[error("{0}")]
     Failed(String),
     #[error("opening {path}: {source}")]
     Open {

@@ -42,10 +42,17 @@ pub const LOG_FILE: &str = "log.redb";
 #[derive(Clone)]
 pub struct Log {
     jobs: mpsc::Sender<writer::Job>,
+    /// The writer queue's byte budget, in KiB: an append holds its size in permits from
+    /// before it is queued until it is answered, so queued requests hold at most
+    /// [`QUEUE_BYTES`] (an append larger than the budget waits until it is alone).
+    queue_bytes: Arc<tokio::sync::Semaphore>,
     head: watch::Receiver<Position>,
     health: watch::Receiver<LogHealth>,
     reader: LogReader,
 }
+
+/// Bytes of append requests queued for the writer or being committed, at most.
+pub const QUEUE_BYTES: usize = 128 * 1024 * 1024;
 
 /// Whether the log takes appends, as `/health` reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -102,6 +109,7 @@ impl Log {
         )?;
         let log = Self {
             jobs: jobs_tx,
+            queue_bytes: Arc::new(tokio::sync::Semaphore::new(QUEUE_BYTES / 1024)),
             head: head_rx,
             health: health_rx,
             reader: LogReader { files },
@@ -111,6 +119,12 @@ impl Log {
 
     /// Appends a batch to one stream; resolves once it is durable (or refused).
     pub async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, AppendError> {
+        let kib = (request.bytes() / 1024).clamp(1, QUEUE_BYTES / 1024) as u32;
+        let _queued = self
+            .queue_bytes
+            .acquire_many(kib)
+            .await
+            .map_err(|_| self.closed())?;
         let (reply, answer) = oneshot::channel();
         self.jobs
             .send(writer::Job { request, reply })
@@ -160,9 +174,24 @@ impl LogReader {
         limit: usize,
         until: Position,
     ) -> Result<Option<Vec<RecordedEvent>>, StorageError> {
+        self.read_bounded(source, from, direction, limit, until, usize::MAX)
+    }
+
+    /// [`LogReader::read`] that stops after the first event taking the bytes of the events'
+    /// data and metadata past `max_bytes`: what a reader holding the events in memory reads
+    /// with.
+    pub fn read_bounded(
+        &self,
+        source: &Source,
+        from: Option<u64>,
+        direction: Direction,
+        limit: usize,
+        until: Position,
+        max_bytes: usize,
+    ) -> Result<Option<Vec<RecordedEvent>>, StorageError> {
         self.files
             .current()?
-            .read(source, from, direction, limit, until)
+            .read(source, from, direction, (limit, max_bytes), until)
     }
 
     /// Up to `limit` events of `source` with positions after `after` and up to `until`, in
@@ -184,7 +213,13 @@ impl LogReader {
             Source::All | Source::Category(_) => after + 1,
         };
         Ok(store
-            .read(source, Some(from), Direction::Forward, limit, until)?
+            .read(
+                source,
+                Some(from),
+                Direction::Forward,
+                (limit, usize::MAX),
+                until,
+            )?
             .unwrap_or_default())
     }
 

@@ -204,12 +204,15 @@ impl Store {
     /// Reads up to `limit` events of `source` starting at `from` (a revision for a stream, a
     /// position otherwise; `None` is the start, or the end when reading backward), never past
     /// position `until`. `Ok(None)` means the stream or category has no events at all.
+    ///
+    /// The read stops after the first event that takes the bytes of the events' data and
+    /// metadata past `max_bytes`, so it holds at most that plus one event.
     pub fn read(
         &self,
         source: &Source,
         from: Option<u64>,
         direction: Direction,
-        limit: usize,
+        (limit, max_bytes): (usize, usize),
         until: Position,
     ) -> Result<Option<Vec<RecordedEvent>>, StorageError> {
         let bounds = match direction {
@@ -217,7 +220,11 @@ impl Store {
             Direction::Backward => 0..=from.unwrap_or(u64::MAX),
         };
         let (table, name) = match source {
-            Source::All => return self.read_all(bounds, direction, limit, until).map(Some),
+            Source::All => {
+                return self
+                    .read_all(bounds, direction, (limit, max_bytes), until)
+                    .map(Some);
+            }
             Source::Stream(name) => (STREAM_EXTENTS, name.as_str()),
             Source::Category(name) => (CATEGORY_EXTENTS, name.as_str()),
         };
@@ -297,12 +304,18 @@ impl Store {
         }
         let events = txn.open_table(EVENTS)?;
         let mut out = Vec::with_capacity(positions.len());
+        let mut bytes = 0usize;
         for position in positions {
             let record = events.get(position)?.ok_or(StorageError::Corrupt {
                 position,
                 reason: "an index names a position with no event",
             })?;
-            out.push(codec::decode(position, record.value())?);
+            let event = codec::decode(position, record.value())?;
+            bytes = bytes.saturating_add(event.data.len() + event.metadata.len());
+            out.push(event);
+            if bytes > max_bytes {
+                break;
+            }
         }
         Ok(Some(out))
     }
@@ -342,7 +355,7 @@ impl Store {
         &self,
         bounds: RangeInclusive<u64>,
         direction: Direction,
-        limit: usize,
+        (limit, max_bytes): (usize, usize),
         until: Position,
     ) -> Result<Vec<RecordedEvent>, StorageError> {
         let txn = self.db.begin_read()?;
@@ -353,10 +366,13 @@ impl Store {
             return Ok(out);
         }
         let range = events.range(low..=high)?;
+        let mut bytes = 0usize;
         let mut push = |item: Result<_, redb::StorageError>| -> Result<bool, StorageError> {
             let (k, v): (redb::AccessGuard<u64>, redb::AccessGuard<&[u8]>) = item?;
-            out.push(codec::decode(k.value(), v.value())?);
-            Ok(out.len() < limit)
+            let event = codec::decode(k.value(), v.value())?;
+            bytes = bytes.saturating_add(event.data.len() + event.metadata.len());
+            out.push(event);
+            Ok(out.len() < limit && bytes <= max_bytes)
         };
         match direction {
             Direction::Forward => {

@@ -258,6 +258,19 @@ pub struct AppendRequest {
 }
 
 impl AppendRequest {
+    /// The bytes the request holds in memory, about: its payloads and types.
+    pub fn bytes(&self) -> usize {
+        self.events
+            .iter()
+            .map(|e| {
+                e.data.as_bytes().len()
+                    + e.metadata.as_ref().map_or(0, |m| m.as_bytes().len())
+                    + e.event_type.len()
+                    + 64
+            })
+            .sum()
+    }
+
     /// Checks the batch as a whole: not empty, not too many events, no id twice.
     pub fn new(
         stream: StreamName,

@@ -234,6 +234,34 @@ impl Runtime {
     }
 }
 
+impl Runtime {
+    /// Deletes the compiled components (and half-written ones) of every version not in
+    /// `keep`: each distinct file ever deployed would otherwise stay in the cache for good.
+    /// Returns how many files went.
+    pub fn prune_cache(&self, keep: &[VersionHash]) -> usize {
+        let keep: Vec<String> = keep.iter().map(|h| format!("{h}-")).collect();
+        let mut removed = 0;
+        for entry in std::fs::read_dir(&self.cache_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let compiled = name.ends_with(".cwasm") || name.ends_with(".partial");
+            if compiled
+                && !keep.iter().any(|k| name.starts_with(k))
+                && std::fs::remove_file(entry.path()).is_ok()
+            {
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            tracing::info!(removed, "compiled components no version uses were deleted");
+        }
+        removed
+    }
+}
+
 /// Writes a compiled component aside and renames it into place, so a reader never sees half
 /// of one.
 fn write_cache(path: &Path, compiled: &[u8]) -> std::io::Result<()> {

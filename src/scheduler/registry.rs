@@ -148,7 +148,21 @@ impl Shared {
                 self.deploy(&name);
             }
         }
+        self.prune_cache(&self.registry.deploying.lock());
         Ok(())
+    }
+
+    /// Deletes compiled components that no loaded version uses (a file that did not load has
+    /// nothing worth keeping). Under `deploying`, so that no compile races it.
+    fn prune_cache(&self, _deploying: &MutexGuard<'_, ()>) {
+        let keep: Vec<VersionHash> = self
+            .registry
+            .catalog()
+            .values()
+            .flat_map(|e| e.serving.iter().chain(&e.building))
+            .map(|slot| slot.code.hash())
+            .collect();
+        self.runtime.prune_cache(&keep);
     }
 
     /// Reconciles one name with its file as it is now: added, replaced, unchanged, removed,
@@ -323,6 +337,7 @@ impl Shared {
                 catalog.remove(name);
             });
             tracing::info!(projection = name, "projection removed");
+            self.prune_cache(deploying);
         }
     }
 
@@ -361,6 +376,7 @@ impl Shared {
                 entry.building = None;
             }
         });
+        self.prune_cache(&deploying);
         drop(deploying);
         if let Some(old) = old {
             self.discard(&old);

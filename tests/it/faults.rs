@@ -63,6 +63,30 @@ async fn a_failed_view_commit_faults_the_projection_with_kind_storage_and_it_rec
 }
 
 #[tokio::test]
+async fn a_panic_in_a_view_commit_is_a_host_fault_and_it_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let client = client();
+    let head = orders(&client, &server, 0, 3).await;
+    for name in EXAMPLES {
+        status_until(&client, &server, name, caught_up(head)).await;
+    }
+    failpoint(&client, &server, "view-commit", "panic").await;
+    let head = orders(&client, &server, 3, 3).await;
+    for name in EXAMPLES {
+        let status = status_until(&client, &server, name, |s| s["state"] == "faulted").await;
+        assert_eq!(status["last_error"]["kind"], "host", "{status}");
+    }
+    let (status, _) = get_json(&client, &server.url("/health")).await;
+    assert_eq!(status, StatusCode::OK);
+    clear_failpoint(&client, &server, "view-commit").await;
+    for name in EXAMPLES {
+        status_until(&client, &server, name, caught_up(head)).await;
+    }
+    assert_views_match_native(&client, &server).await;
+}
+
+#[tokio::test]
 async fn a_full_disk_on_append_answers_507_writes_nothing_and_recovers() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());

@@ -141,7 +141,10 @@ async fn a_document_that_is_not_json_is_named_on_its_page_instead_of_a_500() {
     let documents = page["documents"].as_array().unwrap();
     let count = documents.iter().find(|d| d["key"] == "count").unwrap();
     assert_eq!(count["value"], 1);
-    let garbage = documents.iter().find(|d| d["key"] == "garbage").unwrap();
+    let garbage = documents
+        .iter()
+        .find(|d| d["key"] == "garbage")
+        .unwrap_or_else(|| panic!("{page}"));
     assert_eq!(garbage["error"]["code"], "not_json", "{garbage}");
 }
 

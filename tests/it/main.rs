@@ -1,6 +1,7 @@
 //! The integration tests: each drives a real `projector serve` child process over HTTP on
 //! loopback (`common`). One test binary, since each links wasmtime.
 
+mod abuse;
 mod cli;
 mod common;
 mod crash;
