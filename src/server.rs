@@ -129,6 +129,7 @@ pub async fn serve(
         sse_keep_alive: config.sse_keep_alive,
         streams: Arc::new(tokio::sync::Semaphore::new(config.http.max_streams)),
         live: Arc::new(tokio::sync::Semaphore::new(config.http.max_live)),
+        live_bytes: Arc::new(tokio::sync::Semaphore::new(http::live::LIVE_BYTES)),
     });
     // The stop task: owned by the runtime, it ends when `stop` resolves, which also ends the
     // live subscriptions (they watch the same flag).

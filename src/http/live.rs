@@ -24,16 +24,23 @@ use crate::log::{Direction, LogReader, Source};
 /// Events read per redb snapshot while catching up...
 const CATCH_UP_CHUNK: usize = 512;
 /// ... and their data and metadata bytes, at most (plus one event).
-const CATCH_UP_BYTES: usize = 256 * 1024;
-/// Bytes of events queued for a subscriber that has not taken them yet. Past it the
+const CATCH_UP_BYTES: usize = 64 * 1024;
+/// Bytes of events queued for one subscriber that its client has not taken yet. Past it the
 /// subscription waits for the client, for at most [`SLOW_SUBSCRIBER`].
-const QUEUED_BYTES: u32 = 1024 * 1024;
-/// How long a subscriber may stay [`QUEUED_BYTES`] behind before it is disconnected, with a
-/// comment saying why; it resumes with `Last-Event-ID`.
+const QUEUED_BYTES: usize = 256 * 1024;
+/// Bytes of events queued for all subscribers together (see [`LiveBudget`]).
+pub const LIVE_BYTES: usize = 64 * 1024 * 1024;
+/// How long a subscriber may keep its queue full before it is disconnected, with a comment
+/// saying why; it resumes with `Last-Event-ID`.
 const SLOW_SUBSCRIBER: Duration = Duration::from_secs(10);
 
-/// One queued event and its share of the subscriber's byte budget, released when taken.
-type Queued = (Event, OwnedSemaphorePermit);
+/// The bytes queued for live subscribers, across all of them: one event holds its size from
+/// this budget and from its subscriber's own until the client has taken it (the permit is
+/// dropped when the next event is asked for, once the HTTP layer has room again).
+pub type LiveBudget = Arc<Semaphore>;
+
+/// One queued event and its share of the byte budgets.
+type Queued = (Event, (OwnedSemaphorePermit, OwnedSemaphorePermit));
 
 #[derive(Deserialize)]
 pub struct LiveParams {
@@ -88,7 +95,8 @@ pub async fn subscribe(
     let (why_tx, why) = oneshot::channel::<String>();
     let subscriber = Subscriber {
         tx,
-        budget: Arc::new(Semaphore::new(QUEUED_BYTES as usize)),
+        own: Arc::new(Semaphore::new(QUEUED_BYTES)),
+        shared: state.live_bytes.clone(),
         why: Some(why_tx),
     };
     // The follower: owned by the runtime, it ends when the client goes away, the server
@@ -98,16 +106,18 @@ pub async fn subscribe(
         let _permit = permit;
         follow(state, reader, source, start, subscriber).await;
     });
-    let events = futures_util::stream::unfold((rx, Some(why)), |(mut rx, why)| async move {
-        match rx.recv().await {
-            // The permit goes with the event: the budget frees as the client takes events.
-            Some((event, _taken)) => Some((Ok::<_, Infallible>(event), (rx, why))),
-            None => {
-                let reason = why?.await.ok()?;
-                Some((Ok(Event::default().comment(reason)), (rx, None)))
+    let events =
+        futures_util::stream::unfold((rx, Some(why), None), |(mut rx, why, sent)| async move {
+            // The previous event's bytes are released now that the HTTP layer asks for more.
+            drop::<Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>>(sent);
+            match rx.recv().await {
+                Some((event, held)) => Some((Ok::<_, Infallible>(event), (rx, why, Some(held)))),
+                None => {
+                    let reason = why?.await.ok()?;
+                    Some((Ok(Event::default().comment(reason)), (rx, None, None)))
+                }
             }
-        }
-    });
+        });
     Ok(Sse::new(events.boxed())
         .keep_alive(keep_alive)
         .into_response())
@@ -116,33 +126,57 @@ pub async fn subscribe(
 /// The follower's end of a subscription.
 struct Subscriber {
     tx: mpsc::Sender<Queued>,
-    /// Bytes queued and not yet taken, at most [`QUEUED_BYTES`].
-    budget: Arc<Semaphore>,
+    /// This subscriber's bytes queued and not yet taken, at most [`QUEUED_BYTES`].
+    own: Arc<Semaphore>,
+    /// All subscribers' ([`LiveBudget`]).
+    shared: LiveBudget,
     /// Why the follower ended the subscription, sent as the last SSE comment.
     why: Option<oneshot::Sender<String>>,
 }
 
 impl Subscriber {
+    /// Waits until this subscriber's queue is at most half full; false when the client stays
+    /// behind for [`SLOW_SUBSCRIBER`] (and has been told why).
+    async fn room(&mut self) -> bool {
+        let half = (QUEUED_BYTES / 2) as u32;
+        let own = self.own.clone();
+        let roomy = tokio::time::timeout(SLOW_SUBSCRIBER, own.acquire_many_owned(half)).await;
+        if matches!(roomy, Ok(Ok(_))) {
+            return true;
+        }
+        self.disconnect();
+        false
+    }
+
+    fn disconnect(&mut self) {
+        if let Some(why) = self.why.take() {
+            let _ = why.send(format!(
+                "disconnected: this client left {QUEUED_BYTES} bytes of events untaken for \
+                 {}s; reconnect with Last-Event-ID to resume",
+                SLOW_SUBSCRIBER.as_secs()
+            ));
+        }
+    }
+
     /// Queues `event` once the budget has room for it; false when the subscription is over
     /// (the client went away, or stayed too far behind and was told why).
     async fn send(&mut self, event: Event, bytes: usize) -> bool {
-        let bytes = bytes.clamp(1, QUEUED_BYTES as usize) as u32;
-        let permit = tokio::time::timeout(
-            SLOW_SUBSCRIBER,
-            self.budget.clone().acquire_many_owned(bytes),
-        )
+        let (own, shared) = (self.own.clone(), self.shared.clone());
+        let permits = tokio::time::timeout(SLOW_SUBSCRIBER, async move {
+            let own = own
+                .acquire_many_owned(bytes.clamp(1, QUEUED_BYTES) as u32)
+                .await?;
+            let shared = shared
+                .acquire_many_owned(bytes.clamp(1, LIVE_BYTES) as u32)
+                .await?;
+            Ok::<_, tokio::sync::AcquireError>((own, shared))
+        })
         .await;
-        let Ok(Ok(permit)) = permit else {
-            if let Some(why) = self.why.take() {
-                let _ = why.send(format!(
-                    "disconnected: more than {QUEUED_BYTES} bytes of events waited for this \
-                     client for {}s; reconnect with Last-Event-ID to resume",
-                    SLOW_SUBSCRIBER.as_secs()
-                ));
-            }
+        let Ok(Ok(permits)) = permits else {
+            self.disconnect();
             return false;
         };
-        self.tx.send((event, permit)).await.is_ok()
+        self.tx.send((event, permits)).await.is_ok()
     }
 }
 
@@ -194,6 +228,11 @@ async fn follow(
         // Marking the head seen before reading means a commit during the read still wakes us.
         let until = *head.borrow_and_update();
         loop {
+            // No chunk is read while the client's queue is more than half full, so that a
+            // client that stops reading holds at most one chunk.
+            if !subscriber.room().await {
+                return;
+            }
             let read = {
                 let (reader, source) = (reader.clone(), source.clone());
                 tokio::task::spawn_blocking(move || {

@@ -7,7 +7,7 @@
 
 mod encode;
 mod error;
-mod live;
+pub mod live;
 mod projections;
 pub mod serve;
 mod streams;
@@ -46,6 +46,8 @@ pub struct AppState {
     pub streams: Arc<tokio::sync::Semaphore>,
     /// One permit per live subscription.
     pub live: Arc<tokio::sync::Semaphore>,
+    /// Bytes queued for live subscribers, all together.
+    pub live_bytes: live::LiveBudget,
 }
 
 pub fn router(state: AppState) -> Router {

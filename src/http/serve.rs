@@ -13,9 +13,9 @@
 //! - **Drain**: on shutdown the listener closes, in-flight requests get
 //!   [`Limits::drain_timeout`] to finish, and whatever is left is closed.
 //!
-//! hyper answers malformed requests itself (400 for bad syntax, 431 for headers over its
-//! buffer, 414 is not sent by hyper: a long URI counts against the same buffer) with an empty
-//! body: those few rejections cannot carry the JSON error body.
+//! hyper answers malformed requests itself (400 for bad syntax, 431 for a request line and
+//! headers over its buffer or more than 100 headers) with an empty body: those few rejections
+//! cannot carry the JSON error body.
 
 use std::future::Future;
 use std::io;
@@ -32,6 +32,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Sleep;
+
+/// hyper's per-connection buffer (its default is about 400 KB).
+const MAX_BUF: usize = 64 * 1024;
 
 /// What the accept loop enforces; flags of `projector serve`.
 #[derive(Clone, Debug)]
@@ -85,8 +88,12 @@ pub async fn serve(
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let mut http = hyper::server::conn::http1::Builder::new();
+    // A small buffer bounds what each connection holds for a client that reads slowly
+    // (hyper takes no more of a response while this much waits); it also bounds a request's
+    // line and headers (431 past it).
     http.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout);
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(MAX_BUF);
     // Connection tasks, owned here: awaited on shutdown, aborted after the drain timeout.
     let mut connections = JoinSet::new();
     // Each connection's own stop signal, which asks hyper to finish the request in flight and

@@ -413,3 +413,229 @@ async fn compiled_components_no_version_uses_are_pruned() {
         "the removed version's compiled component is gone"
     );
 }
+
+/// The load of the hostile-client review, against one server: for each kind of abuse, whether
+/// `/health`, an append and a view GET still answer within 100 ms while it goes on, and the
+/// server's memory. `scripts/abuse.sh` runs it in release, against this build and, given
+/// `PROJECTOR_ABUSE_BINARY`, another (say main before the hardening) for comparison. The
+/// server starts with a soft limit of 1,024 open files, as on many machines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "a load report of a few minutes; run by scripts/abuse.sh"]
+async fn abuse_report() {
+    let binary = std::env::var_os("PROJECTOR_ABUSE_BINARY")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_projector").into());
+    let dir = tempfile::tempdir().unwrap();
+    // SAFETY: setrlimit on this process only lowers the soft limit the child inherits.
+    unsafe {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        let child = libc::rlimit {
+            rlim_cur: 1024,
+            rlim_max: limit.rlim_max,
+        };
+        libc::setrlimit(libc::RLIMIT_NOFILE, &child);
+        let server = Server::start_binary(&binary, dir.path(), &[]);
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        // Another build is only reported on; this one must hold up.
+        let strict = std::env::var_os("PROJECTOR_ABUSE_BINARY").is_none();
+        report(server, strict).await;
+    }
+}
+
+async fn report(server: Server, strict: bool) {
+    let client = client();
+    append_large(&client, &server, "big-1", 2000, 8_000).await;
+    append_large(&client, &server, "huge-1", 60, 1_000_000).await;
+    println!("binary: {}", server.base);
+    println!("| load | /health | append | view GET | RSS now | peak RSS |");
+    println!("|---|---|---|---|---:|---:|");
+    probe(&server, "no load").await;
+
+    let mut idle = Vec::new();
+    for _ in 0..1020 {
+        match TcpStream::connect(addr(&server)).await {
+            Ok(stream) => idle.push(stream),
+            Err(_) => break,
+        }
+    }
+    probe(&server, &format!("{} idle connections", idle.len())).await;
+    drop(idle);
+
+    let mut slow = TcpStream::connect(addr(&server)).await.unwrap();
+    slow.write_all(b"GET /health HTTP/1.1\r\n").await.unwrap();
+    let mut silent = TcpStream::connect(addr(&server)).await.unwrap();
+    let started = Instant::now();
+    let slow_closed = read_until_closed(&mut slow, Duration::from_secs(40))
+        .await
+        .is_some();
+    let silent_closed = read_until_closed(&mut silent, Duration::from_secs(1))
+        .await
+        .is_some();
+    println!(
+        "| a slow and a silent connection | closed within 40 s: {slow_closed}, {silent_closed} ({:?}) | | | | |",
+        started.elapsed()
+    );
+    assert!(!strict || (slow_closed && silent_closed));
+
+    let mut stalled = Vec::new();
+    for _ in 0..520 {
+        let Ok(mut stream) = TcpStream::connect(addr(&server)).await else {
+            break;
+        };
+        let request =
+            b"GET /streams/big-1 HTTP/1.1\r\nHost: x\r\nAccept: application/x-ndjson\r\n\r\n";
+        if stream.write_all(request).await.is_ok() {
+            stalled.push(stream);
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    probe(&server, "520 NDJSON readers that never read").await;
+    drop(stalled);
+
+    let pages = (0..8).map(|_| {
+        let client = client.clone();
+        let url = server.url("/streams/huge-1?limit=10000");
+        tokio::spawn(async move { client.get(url).send().await.ok()?.bytes().await.ok() })
+    });
+    let pages = futures_util::future::join_all(pages).await;
+    let largest = pages
+        .iter()
+        .filter_map(|p| p.as_ref().ok()?.as_ref().map(|b| b.len()))
+        .max();
+    probe(
+        &server,
+        &format!("8 concurrent pages of 1 MB events (largest {largest:?} bytes)"),
+    )
+    .await;
+
+    let mut subscribers = Vec::new();
+    for n in 0..540 {
+        let Ok(mut stream) = TcpStream::connect(addr(&server)).await else {
+            break;
+        };
+        let source = if n < 40 { "big-1" } else { "$all" };
+        let request = format!(
+            "GET /streams/{source}/live?from=0 HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
+        );
+        if stream.write_all(request.as_bytes()).await.is_ok() {
+            subscribers.push(stream);
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    probe(&server, "540 live subscribers that never read").await;
+    drop(subscribers);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    probe(&server, "after they closed").await;
+
+    let mut stalled = TcpStream::connect(addr(&server)).await.unwrap();
+    stalled
+        .write_all(
+            b"GET /streams/big-1 HTTP/1.1\r\nHost: x\r\nAccept: application/x-ndjson\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut slow = TcpStream::connect(addr(&server)).await.unwrap();
+    slow.write_all(b"GET /health HTTP/1.1\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = server.pid();
+    let started = Instant::now();
+    // SAFETY: kill(2) with the child's pid.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let exited = tokio::time::timeout(Duration::from_secs(60), async {
+        while std::path::Path::new(&format!("/proc/{pid}/status")).exists()
+            && !std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .unwrap_or_default()
+                .contains("State:\tZ")
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .is_ok();
+    println!(
+        "| SIGTERM with a stalled reader and a slow client open | exited: {exited} after {:?} | | | | |",
+        started.elapsed()
+    );
+    drop(server);
+    if strict {
+        assert!(exited && started.elapsed() < Duration::from_secs(20));
+        assert!(
+            PEAK.load(std::sync::atomic::Ordering::Relaxed) < 512 * 1024,
+            "peak RSS over 512 MiB"
+        );
+        assert_eq!(
+            FAILED.load(std::sync::atomic::Ordering::Relaxed),
+            0,
+            "a probe failed"
+        );
+    }
+}
+
+/// The largest peak RSS a probe saw, in KiB, and how many probe requests failed.
+static PEAK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static FAILED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// One row: whether each request answers within 100 ms, and the server's memory.
+async fn probe(server: &Server, load: &str) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let timed = |request: reqwest::RequestBuilder| async move {
+        let started = Instant::now();
+        match request.send().await {
+            Ok(r) if r.status().is_success() => {
+                let took = started.elapsed();
+                format!(
+                    "{} ({} ms)",
+                    if took < Duration::from_millis(100) {
+                        "yes"
+                    } else {
+                        "SLOW"
+                    },
+                    took.as_millis()
+                )
+            }
+            Ok(r) => {
+                FAILED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                format!("no ({})", r.status())
+            }
+            Err(e) => {
+                FAILED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if e.is_timeout() {
+                    "no (timed out)"
+                } else {
+                    "no (failed)"
+                }
+                .to_owned()
+            }
+        }
+    };
+    let health = timed(client.get(server.url("/health"))).await;
+    let append = timed(
+        client
+            .post(server.url("/streams/probe-1"))
+            .json(&json!([{"type": "Probe", "data": {}}])),
+    )
+    .await;
+    let view = timed(client.get(server.url("/projections/stream-stats/view?limit=1"))).await;
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map_or("?".to_owned(), |kb| format!("{} MiB", kb / 1024))
+    };
+    println!(
+        "| {load} | {health} | {append} | {view} | {} | {} |",
+        field("VmRSS:"),
+        field("VmHWM:")
+    );
+}

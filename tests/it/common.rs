@@ -26,7 +26,12 @@ impl Server {
 
     /// [`Server::start`] with more command-line arguments.
     pub fn start_with(data: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_projector"))
+        Self::start_binary(Path::new(env!("CARGO_BIN_EXE_projector")), data, extra)
+    }
+
+    /// [`Server::start_with`] of another build of the server (an older one, to compare).
+    pub fn start_binary(binary: &Path, data: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(binary)
             .arg("serve")
             .arg("--data")
             .arg(data)
