@@ -176,7 +176,7 @@ impl Shared {
                 return self.remove(&deploying, name);
             }
             Err(e) => {
-                let reason = format!("reading {}: {e}", path.display());
+                let reason = format!("reading {name}.wasm: {}", e.kind());
                 return self.file_error(&deploying, name, reason);
             }
         };
@@ -405,7 +405,7 @@ impl Shared {
         let path = self.folder.join(format!("{name}.wasm"));
         let bytes = std::fs::read(&path).map_err(|e| ControlError::Load {
             name: name.to_owned(),
-            reason: format!("reading {}: {e}", path.display()),
+            reason: format!("reading {name}.wasm: {}", e.kind()),
         })?;
         let hash = VersionHash::of(&bytes);
         if hash != serving.code.hash() {

@@ -35,6 +35,20 @@ async fn read_until_closed(stream: &mut TcpStream, patience: Duration) -> Option
     Some(out)
 }
 
+/// An NDJSON reader of `big-1` that never reads, and a client trickling a request's headers.
+async fn stalled_and_slow(server: &Server) -> (TcpStream, TcpStream) {
+    let mut stalled = TcpStream::connect(addr(server)).await.unwrap();
+    stalled
+        .write_all(
+            b"GET /streams/big-1 HTTP/1.1\r\nHost: x\r\nAccept: application/x-ndjson\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut slow = TcpStream::connect(addr(server)).await.unwrap();
+    slow.write_all(b"GET /health HTTP/1.1\r\n").await.unwrap();
+    (stalled, slow)
+}
+
 /// Appends `count` events of about `size` bytes each to `stream`, in requests of at most
 /// 16 MiB.
 async fn append_large(
@@ -297,15 +311,7 @@ async fn sigterm_with_stalled_clients_exits_within_the_drain_timeout() {
     );
     let client = client();
     append_large(&client, &server, "big-1", 1500, 8_000).await;
-    let mut stalled = TcpStream::connect(addr(&server)).await.unwrap();
-    stalled
-        .write_all(
-            b"GET /streams/big-1 HTTP/1.1\r\nHost: x\r\nAccept: application/x-ndjson\r\n\r\n",
-        )
-        .await
-        .unwrap();
-    let mut slow = TcpStream::connect(addr(&server)).await.unwrap();
-    slow.write_all(b"GET /health HTTP/1.1\r\n").await.unwrap();
+    let _open = stalled_and_slow(&server).await;
     let head = log_events(&client, &server).await.len();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
@@ -531,15 +537,7 @@ async fn report(server: Server, strict: bool) {
     tokio::time::sleep(Duration::from_secs(2)).await;
     probe(&server, "after they closed").await;
 
-    let mut stalled = TcpStream::connect(addr(&server)).await.unwrap();
-    stalled
-        .write_all(
-            b"GET /streams/big-1 HTTP/1.1\r\nHost: x\r\nAccept: application/x-ndjson\r\n\r\n",
-        )
-        .await
-        .unwrap();
-    let mut slow = TcpStream::connect(addr(&server)).await.unwrap();
-    slow.write_all(b"GET /health HTTP/1.1\r\n").await.unwrap();
+    let _open = stalled_and_slow(&server).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let pid = server.pid();
     let started = Instant::now();
