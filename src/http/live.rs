@@ -104,7 +104,12 @@ pub async fn subscribe(
     // subscription's permit.
     tokio::spawn(async move {
         let _permit = permit;
-        follow(state, reader, source, start, subscriber).await;
+        // Also while it waits on a slow client: at shutdown it lets go of the log at once.
+        let mut shutdown = state.shutdown.clone();
+        tokio::select! {
+            _ = follow(state, reader, source, start, subscriber) => {}
+            _ = shutdown.wait_for(|stop| *stop) => {}
+        }
     });
     let events =
         futures_util::stream::unfold((rx, Some(why), None), |(mut rx, why, sent)| async move {

@@ -197,11 +197,14 @@ impl LogReader {
     /// Up to `limit` events of `source` with positions after `after` and up to `until`, in
     /// log order: how a reader that remembers only a position (a projection's checkpoint)
     /// resumes in any source.
+    ///
+    /// Like [`LogReader::read_bounded`], it stops after the first event that takes the events'
+    /// data and metadata past `max_bytes`.
     pub fn read_after(
         &self,
         source: &Source,
         after: Position,
-        limit: usize,
+        (limit, max_bytes): (usize, usize),
         until: Position,
     ) -> Result<Vec<RecordedEvent>, StorageError> {
         let store = self.files.current()?;
@@ -217,7 +220,7 @@ impl LogReader {
                 source,
                 Some(from),
                 Direction::Forward,
-                (limit, usize::MAX),
+                (limit, max_bytes),
                 until,
             )?
             .unwrap_or_default())

@@ -298,7 +298,9 @@ fn assert_indexes_match_the_log(log: &Log, all: &[RecordedEvent]) {
             assert_eq!(page.iter().collect::<Vec<_>>(), want);
         }
         for after in 0..=all.len() as u64 {
-            let page = reader.read_after(&source, after, 2, u64::MAX).unwrap();
+            let page = reader
+                .read_after(&source, after, (2, usize::MAX), u64::MAX)
+                .unwrap();
             let want: Vec<&RecordedEvent> = expected
                 .iter()
                 .filter(|e| e.position > after)
@@ -490,6 +492,50 @@ fn reads_racing_flushes_stay_consistent() {
         for reader in readers {
             let (longest, reads) = reader.await.unwrap();
             assert!(reads > 0 && longest <= 134);
+        }
+    });
+}
+
+#[test]
+fn bounded_reads_stop_after_the_event_that_passes_the_byte_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    rt.block_on(async {
+        let (log, _writer) = Log::open(dir.path()).unwrap();
+        let events = (0..6).map(|n| event(None, 1000 + n)).collect();
+        log.append(request("order-1", ExpectedRevision::Any, events))
+            .await
+            .unwrap();
+        let size = r#"{"n":1000}"#.len();
+        let reader = log.reader();
+        for source in [
+            Source::All,
+            Source::Category("order".into()),
+            Source::Stream(StreamName::new("order-1").unwrap()),
+        ] {
+            // Two events fit in 2.5 events' bytes; the third passes the budget and ends it.
+            let read = reader
+                .read_bounded(
+                    &source,
+                    None,
+                    Direction::Forward,
+                    100,
+                    u64::MAX,
+                    size * 5 / 2,
+                )
+                .unwrap()
+                .unwrap();
+            assert_eq!(read.len(), 3, "{source:?}");
+            let after = reader
+                .read_after(&source, 0, (100, size * 5 / 2), u64::MAX)
+                .unwrap();
+            assert_eq!(after.len(), 3, "{source:?}");
+            // At least one event, whatever the budget.
+            let one = reader
+                .read_bounded(&source, None, Direction::Backward, 100, u64::MAX, 0)
+                .unwrap()
+                .unwrap();
+            assert_eq!(one.len(), 1, "{source:?}");
         }
     });
 }

@@ -51,9 +51,13 @@ pub fn next(
     let mut checkpoint = head;
     let mut events = Vec::new();
     for source in sources {
-        let read = reader.read_after(source, after, limit, head)?;
-        if read.len() == limit {
-            checkpoint = checkpoint.min(read.last().expect("not empty").position);
+        // Bounded in bytes too: a batch of large events must not hold gigabytes.
+        let read = reader.read_after(source, after, (limit, MAX_BYTES), head)?;
+        let bytes: usize = read.iter().map(|e| e.data.len() + e.metadata.len()).sum();
+        if let Some(last) = read.last()
+            && (read.len() == limit || bytes > MAX_BYTES)
+        {
+            checkpoint = checkpoint.min(last.position);
         }
         events.extend(read);
     }
