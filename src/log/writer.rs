@@ -23,7 +23,7 @@ use super::types::{AppendOutcome, AppendRequest, Position};
 pub const QUEUE_CAPACITY: usize = 4096;
 /// Most events in one commit, to bound a transaction's size and its latency.
 const MAX_GROUP_EVENTS: usize = 50_000;
-/// While the log cannot be reopened, how often the writer tries again unasked.
+/// While the log is failing, how often the writer tries again unasked.
 const REOPEN_EVERY: Duration = Duration::from_secs(1);
 
 pub struct Job {
@@ -127,13 +127,12 @@ impl Writer {
         self.commit_group(&[]);
     }
 
-    /// The next job; while the log is closed after a failure, retries the reopen every
-    /// [`REOPEN_EVERY`] meanwhile, so health recovers without an append to prompt it.
+    /// The next job. While the log is failing (a full disk, a closed file), it also retries
+    /// every [`REOPEN_EVERY`] on its own: it reopens the file, or commits an empty group (which
+    /// flushes the index tail) to find out whether the disk has room again, so that health
+    /// recovers without an append to prompt it.
     fn next_job(&mut self, jobs: &mut mpsc::Receiver<Job>) -> Option<Job> {
-        while !self.files.is_open() {
-            if self.reopen().is_ok() {
-                break;
-            }
+        while *self.health.borrow() != LogHealth::Ok {
             let deadline = std::time::Instant::now() + REOPEN_EVERY;
             loop {
                 match jobs.try_recv() {
@@ -145,6 +144,11 @@ impl Writer {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(20));
+            }
+            if !self.files.is_open() {
+                let _ = self.reopen();
+            } else {
+                self.commit_group(&[]);
             }
         }
         jobs.blocking_recv()
