@@ -26,8 +26,10 @@ const CATCH_UP_CHUNK: usize = 512;
 /// ... and their data and metadata bytes, at most (plus one event).
 const CATCH_UP_BYTES: usize = 64 * 1024;
 /// Bytes of events queued for one subscriber that its client has not taken yet. Past it the
-/// subscription waits for the client, for at most [`SLOW_SUBSCRIBER`].
-const QUEUED_BYTES: usize = 256 * 1024;
+/// subscription waits for the client, for at most [`SLOW_SUBSCRIBER`]. Small enough that the
+/// default cap of subscriptions (1,024) fits in [`LIVE_BYTES`], so that subscribers that stop
+/// reading cannot starve the others of small events.
+const QUEUED_BYTES: usize = 64 * 1024;
 /// Bytes of events queued for all subscribers together (see [`LiveBudget`]).
 pub const LIVE_BYTES: usize = 64 * 1024 * 1024;
 /// How long a subscriber may keep its queue full before it is disconnected, with a comment
