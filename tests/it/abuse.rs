@@ -77,10 +77,17 @@ async fn connections_over_the_cap_get_a_json_503_and_idle_ones_are_closed() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start_with(
         dir.path(),
-        &["--max-connections", "8", "--header-timeout", "2"],
+        &["--max-connections", "8", "--header-timeout", "3"],
     );
+    // A client already connected, with a keep-alive connection it uses again below.
+    let mut existing = TcpStream::connect(addr(&server)).await.unwrap();
+    let health = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+    existing.write_all(health).await.unwrap();
+    let mut buf = [0u8; 4096];
+    let n = existing.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
     let mut idle = Vec::new();
-    for _ in 0..8 {
+    for _ in 0..7 {
         idle.push(TcpStream::connect(addr(&server)).await.unwrap());
     }
     // The cap is taken by idle connections: a new one is told so at once, in JSON.
@@ -95,6 +102,14 @@ async fn connections_over_the_cap_get_a_json_503_and_idle_ones_are_closed() {
     assert!(
         answer.contains(r#""code":"too_many_connections""#),
         "{answer}"
+    );
+    // The existing client keeps working meanwhile.
+    existing.write_all(health).await.unwrap();
+    let n = existing.read(&mut buf).await.unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
     );
     // Idle connections are closed by the header timeout, and new clients get in again.
     for stream in &mut idle {
