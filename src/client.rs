@@ -49,12 +49,110 @@ pub struct Remote {
 }
 
 impl Remote {
-    pub fn new(server: &str, json: bool) -> Self {
-        Remote {
+    /// `token`, when given, is sent as `Authorization: Bearer` with every request.
+    pub fn new(server: &str, json: bool, token: Option<&str>) -> Result<Self, ClientError> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| ClientError::Protocol("the token is not a valid header".into()))?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        let http = Client::builder()
+            .default_headers(headers)
+            .build()
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        Ok(Remote {
             base: server.trim_end_matches('/').to_owned(),
             json,
-            http: Client::new(),
+            http,
+        })
+    }
+
+    /// `projector keys create`: prints the new key and its token (shown this once).
+    pub async fn create_key(&self, new: &crate::auth::NewKey) -> Result<(), ClientError> {
+        let body = serde_json::json!({
+            "account": new.account,
+            "scopes": new.scopes,
+            "expires_in_days": new.expires_in_days,
+            "label": new.label,
+        });
+        let key = self.call(Method::POST, "/admin/keys", Some(body)).await?;
+        print_key(&key, self.json)
+    }
+
+    /// `projector keys list`
+    pub async fn list_keys(&self, account: Option<&str>) -> Result<(), ClientError> {
+        let path = match account {
+            Some(account) => format!("/admin/keys?account={}", segment(account)),
+            None => "/admin/keys".to_owned(),
+        };
+        let body = self.call(Method::GET, &path, None).await?;
+        if self.json {
+            return print_json(&body);
         }
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "{:<18} {:<12} {:<28} {:<10} LABEL",
+            "ID", "ACCOUNT", "SCOPES", "STATE"
+        )?;
+        for key in body["keys"].as_array().into_iter().flatten() {
+            let scopes: Vec<&str> = key["scopes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            let state = if key["revoked_at"].is_null() {
+                "live"
+            } else {
+                "revoked"
+            };
+            writeln!(
+                out,
+                "{:<18} {:<12} {:<28} {:<10} {}",
+                key["id"].as_str().unwrap_or_default(),
+                key["account"].as_str().unwrap_or_default(),
+                scopes.join(","),
+                state,
+                key["label"].as_str().unwrap_or_default()
+            )?;
+        }
+        Ok(())
+    }
+
+    /// `projector keys revoke ID`
+    pub async fn revoke_key(&self, id: &str) -> Result<(), ClientError> {
+        let key = self
+            .call(
+                Method::DELETE,
+                &format!("/admin/keys/{}", segment(id)),
+                None,
+            )
+            .await?;
+        if self.json {
+            return print_json(&key);
+        }
+        writeln!(
+            std::io::stdout().lock(),
+            "revoked {}",
+            key["id"].as_str().unwrap_or(id)
+        )?;
+        Ok(())
+    }
+
+    /// `projector accounts list`
+    pub async fn list_accounts(&self) -> Result<(), ClientError> {
+        let body = self.call(Method::GET, "/admin/accounts", None).await?;
+        if self.json {
+            return print_json(&body);
+        }
+        let mut out = std::io::stdout().lock();
+        for account in body["accounts"].as_array().into_iter().flatten() {
+            writeln!(out, "{}", account["name"].as_str().unwrap_or_default())?;
+        }
+        Ok(())
     }
 
     /// `projector status [NAME]`: every projection as a table, or one in detail.
@@ -358,4 +456,20 @@ fn remarks(p: &Value) -> String {
 /// A stream name or parameter as one URL path segment.
 fn segment(text: &str) -> String {
     percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// A new key as `keys create` prints it: its token first, on a line of its own, for scripts.
+pub fn print_key(key: &Value, json: bool) -> Result<(), ClientError> {
+    if json {
+        return print_json(key);
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", key["token"].as_str().unwrap_or_default())?;
+    writeln!(
+        out,
+        "key {} of account {} (the token above is shown this once)",
+        key["id"].as_str().unwrap_or_default(),
+        key["account"].as_str().unwrap_or_default()
+    )?;
+    Ok(())
 }

@@ -4,6 +4,7 @@
 //! ([`runtime`]) over them into [`views`], [`http`] serves all of it, and [`server`] wires the
 //! parts into the running process. [`client`] is the operator's side of the HTTP API.
 
+pub mod auth;
 pub mod client;
 pub mod failpoint;
 pub mod http;

@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+use projector::auth::{AuthMode, KeyStore, NewKey, Scope};
 use projector::client::Remote;
 use projector::runtime::Limits;
 use projector::server::{self, ServeConfig};
@@ -105,6 +106,13 @@ enum Command {
         guest_deadline: u64,
         #[command(flatten)]
         http: HttpArgs,
+        /// `keys`: every request but GET /health needs an API key with the route's scope;
+        /// `none`: open. Default: `none` on a loopback address, `keys` otherwise.
+        #[arg(long, env = "PROJECTOR_AUTH", value_enum)]
+        auth: Option<AuthMode>,
+        /// Allow `--auth none` on an address other hosts can reach.
+        #[arg(long, env = "PROJECTOR_INSECURE")]
+        insecure: bool,
     },
     /// Show the projections of a running server: state, version, position, lag, rate,
     /// rebuilds and faults.
@@ -154,6 +162,59 @@ enum Command {
         #[command(flatten)]
         remote: RemoteArgs,
     },
+    /// API keys: create, list, revoke (admin scope).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Accounts (admin scope).
+    Accounts {
+        #[command(subcommand)]
+        command: AccountsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key and print its token, which is shown this once.
+    Create {
+        #[arg(long, default_value = projector::auth::ROOT)]
+        account: String,
+        /// Comma-separated: read, append, deploy, admin.
+        #[arg(long, value_enum, value_delimiter = ',', required = true)]
+        scopes: Vec<Scope>,
+        #[arg(long)]
+        expires_in_days: Option<u64>,
+        #[arg(long)]
+        label: Option<String>,
+        /// Write the key into this data directory directly, with the server stopped (for
+        /// recovery), instead of asking a running server.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// List keys (never their secrets).
+    List {
+        #[arg(long)]
+        account: Option<String>,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Revoke a key: refused from the next request on; its live subscriptions close.
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum AccountsCommand {
+    List {
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
 }
 
 #[derive(clap::Args)]
@@ -168,11 +229,14 @@ struct RemoteArgs {
     /// Print the server's JSON instead of text.
     #[arg(long)]
     json: bool,
+    /// The API key to send (a server with `--auth keys` needs one).
+    #[arg(long, env = "PROJECTOR_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 impl RemoteArgs {
-    fn remote(&self) -> Remote {
-        Remote::new(&self.server, self.json)
+    fn remote(&self) -> anyhow::Result<Remote> {
+        Ok(Remote::new(&self.server, self.json, self.token.as_deref())?)
     }
 }
 
@@ -219,7 +283,21 @@ async fn run() -> anyhow::Result<()> {
             guest_writes_mib,
             guest_deadline,
             http,
+            auth,
+            insecure,
         } => {
+            let loopback = listen.ip().is_loopback();
+            let auth = auth.unwrap_or(if loopback {
+                AuthMode::None
+            } else {
+                AuthMode::Keys
+            });
+            if auth == AuthMode::None && !loopback && !insecure {
+                anyhow::bail!(
+                    "refusing --auth none on {listen}, which other hosts can reach: use --auth keys, \
+                     or add --insecure"
+                );
+            }
             let config = ServeConfig {
                 data,
                 projections,
@@ -235,18 +313,19 @@ async fn run() -> anyhow::Result<()> {
                     written_bytes: guest_writes_mib.saturating_mul(1024 * 1024),
                 },
                 http: http.limits(),
+                auth,
             };
             let stop = server::shutdown_signal().context("installing the signal handlers")?;
             server::serve(config, stop)
                 .await
                 .context("projector serve")?;
         }
-        Command::Status { name, remote } => remote.remote().status(name.as_deref()).await?,
+        Command::Status { name, remote } => remote.remote()?.status(name.as_deref()).await?,
         Command::Rebuild {
             name,
             detach,
             remote,
-        } => remote.remote().rebuild(&name, detach).await?,
+        } => remote.remote()?.rebuild(&name, detach).await?,
         Command::Append {
             stream,
             event_type,
@@ -256,7 +335,7 @@ async fn run() -> anyhow::Result<()> {
             remote,
         } => {
             remote
-                .remote()
+                .remote()?
                 .append(
                     &stream,
                     &event_type,
@@ -271,7 +350,48 @@ async fn run() -> anyhow::Result<()> {
             from,
             follow,
             remote,
-        } => remote.remote().read(&stream, from, follow).await?,
+        } => remote.remote()?.read(&stream, from, follow).await?,
+        Command::Keys { command } => keys(command).await?,
+        Command::Accounts {
+            command: AccountsCommand::List { remote },
+        } => remote.remote()?.list_accounts().await?,
+    }
+    Ok(())
+}
+
+async fn keys(command: KeysCommand) -> anyhow::Result<()> {
+    match command {
+        KeysCommand::Create {
+            account,
+            scopes,
+            expires_in_days,
+            label,
+            data,
+            remote,
+        } => {
+            let new = NewKey {
+                account,
+                scopes,
+                expires_in_days,
+                label,
+            };
+            match data {
+                Some(data) => {
+                    let store = tokio::task::spawn_blocking(move || KeyStore::open(&data))
+                        .await?
+                        .context("opening the key store (is the server still running?)")?;
+                    let (key, token) = store.create(&new)?;
+                    let mut key = serde_json::to_value(key)?;
+                    key["token"] = token.into();
+                    projector::client::print_key(&key, remote.json)?;
+                }
+                None => remote.remote()?.create_key(&new).await?,
+            }
+        }
+        KeysCommand::List { account, remote } => {
+            remote.remote()?.list_keys(account.as_deref()).await?
+        }
+        KeysCommand::Revoke { id, remote } => remote.remote()?.revoke_key(&id).await?,
     }
     Ok(())
 }

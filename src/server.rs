@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::auth::{AuthMode, KeyStore, NewKey, Scope};
 use crate::http::{self, AppState};
 use crate::log::{Log, StorageError};
 use crate::runtime::Limits;
@@ -48,6 +49,8 @@ pub struct ServeConfig {
     pub workers: usize,
     pub limits: Limits,
     pub http: HttpLimits,
+    /// Whether requests need an API key.
+    pub auth: crate::auth::AuthMode,
 }
 
 /// What the HTTP server lets clients hold.
@@ -81,6 +84,8 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
     #[error("a start-up task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    Keys(#[from] crate::auth::StoreError),
 }
 
 /// Serves until `stop` resolves. Prints `listening on http://ADDR` to stdout once the socket
@@ -112,6 +117,15 @@ pub async fn serve(
             .await??,
     );
 
+    let keys = {
+        let data = config.data.clone();
+        tokio::task::spawn_blocking(move || KeyStore::open(&data)).await??
+    };
+    println!("auth: {}", config.auth);
+    if config.auth == AuthMode::Keys && keys.is_empty() {
+        let path = bootstrap_root_key(&keys, &config.data)?;
+        println!("root key written to {}", path.display());
+    }
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -130,6 +144,8 @@ pub async fn serve(
         streams: Arc::new(tokio::sync::Semaphore::new(config.http.max_streams)),
         live: Arc::new(tokio::sync::Semaphore::new(config.http.max_live)),
         live_bytes: Arc::new(tokio::sync::Semaphore::new(http::live::LIVE_BYTES)),
+        auth: config.auth,
+        keys,
     });
     // The stop task: owned by the runtime, it ends when `stop` resolves, which also ends the
     // live subscriptions (they watch the same flag).
@@ -145,6 +161,32 @@ pub async fn serve(
     tokio::task::spawn_blocking(move || writer.join()).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// With auth on and no key yet: a root key with the admin scope, its token written to
+/// `<data>/root.token` (mode 0600) and never printed.
+fn bootstrap_root_key(keys: &KeyStore, data: &Path) -> Result<PathBuf, ServeError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let (key, token) = keys.create(&NewKey {
+        account: crate::auth::ROOT.to_owned(),
+        scopes: vec![Scope::Admin, Scope::Deploy, Scope::Append, Scope::Read],
+        expires_in_days: None,
+        label: Some("root key made at first start".to_owned()),
+    })?;
+    let path = data.join("root.token");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)?;
+    // An older file keeps its mode on open: set it.
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    file.write_all(format!("{token}\n").as_bytes())?;
+    file.sync_all()?;
+    tracing::info!(key = %key.id, path = %path.display(), "made the root key");
+    Ok(path)
 }
 
 /// Creates the projections folder if it does not exist yet, with the example projections in

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -19,6 +19,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use super::error::{ApiError, rejection};
 use super::streams::{parse_source, path_param};
 use super::{AppState, encode};
+use crate::auth::Principal;
 use crate::log::{Direction, LogReader, Source};
 
 /// Events read per redb snapshot while catching up...
@@ -56,6 +57,7 @@ pub async fn subscribe(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<LiveParams>, QueryRejection>,
+    principal: Option<Extension<Principal>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let source = parse_source(&path_param(path)?)?;
@@ -108,9 +110,24 @@ pub async fn subscribe(
         let _permit = permit;
         // Also while it waits on a slow client: at shutdown it lets go of the log at once.
         let mut shutdown = state.shutdown.clone();
+        // A subscription opened with a key ends when the key is revoked.
+        let (keys, mut revocations) = (state.keys.clone(), state.keys.revocations());
+        let key = principal.map(|Extension(p)| p.key_id);
+        let revoked = async move {
+            let Some(key) = key else {
+                return std::future::pending().await;
+            };
+            while revocations.changed().await.is_ok() {
+                if !keys.is_live(&key) {
+                    return;
+                }
+            }
+            std::future::pending().await
+        };
         tokio::select! {
             _ = follow(state, reader, source, start, subscriber) => {}
             _ = shutdown.wait_for(|stop| *stop) => {}
+            _ = revoked => {}
         }
     });
     let events =

@@ -5,6 +5,8 @@
 //! blocking pool. Every error is JSON (`error::ApiError`), including unknown routes and
 //! methods and the rejections of axum's own extractors.
 
+mod admin;
+mod auth;
 mod encode;
 mod error;
 pub mod live;
@@ -17,9 +19,10 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
+use axum::http::Method;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{MethodRouter, get, post};
+use axum::routing::{MethodRouter, delete, get, post, put};
 use tokio::sync::watch;
 
 pub use error::ApiError;
@@ -27,6 +30,7 @@ pub use error::ApiError;
 use projections::Action;
 pub use streams::NDJSON;
 
+use crate::auth::{AuthMode, KeyStore, Scope};
 use crate::log::{Log, LogHealth};
 use crate::scheduler::Projections;
 
@@ -48,32 +52,172 @@ pub struct AppState {
     pub live: Arc<tokio::sync::Semaphore>,
     /// Bytes queued for live subscribers, all together.
     pub live_bytes: live::LiveBudget,
+    /// Whether requests need a key.
+    pub auth: AuthMode,
+    /// The accounts' keys (open in either mode, so keys can be made before turning auth on).
+    pub keys: Arc<KeyStore>,
+}
+
+/// What a route needs of the request's key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Nothing (`GET /health`).
+    Public,
+    /// A live key holding this scope.
+    Needs(Scope),
+}
+
+/// One method on one path, and what it needs: the table the router is built from and the
+/// auth check reads, so that no route exists without an entry.
+#[derive(Clone, Debug)]
+pub struct Route {
+    pub method: Method,
+    pub path: &'static str,
+    pub access: Access,
+}
+
+/// Every route of the API.
+pub fn routes() -> Vec<Route> {
+    routes_with_handlers().into_iter().map(|(r, _)| r).collect()
+}
+
+fn routes_with_handlers() -> Vec<(Route, MethodRouter<AppState>)> {
+    use Access::{Needs, Public};
+    use Scope::{Admin, Append, Deploy, Read};
+    let route = |method: Method, path: &'static str, access: Access, handler| {
+        (
+            Route {
+                method,
+                path,
+                access,
+            },
+            handler,
+        )
+    };
+    let mut all = vec![
+        route(Method::GET, "/health", Public, get(health)),
+        route(
+            Method::GET,
+            "/streams/{stream}",
+            Needs(Read),
+            get(streams::read),
+        ),
+        route(
+            Method::POST,
+            "/streams/{stream}",
+            Needs(Append),
+            post(streams::append),
+        ),
+        route(
+            Method::GET,
+            "/streams/{stream}/live",
+            Needs(Read),
+            get(live::subscribe),
+        ),
+        route(
+            Method::GET,
+            "/projections",
+            Needs(Read),
+            get(projections::list),
+        ),
+        route(
+            Method::GET,
+            "/projections/{name}",
+            Needs(Read),
+            get(projections::status),
+        ),
+        route(
+            Method::PUT,
+            "/projections/{name}",
+            Needs(Deploy),
+            put(projections::put),
+        ),
+        route(
+            Method::DELETE,
+            "/projections/{name}",
+            Needs(Deploy),
+            delete(projections::remove),
+        ),
+        route(
+            Method::POST,
+            "/projections/{name}/rebuild",
+            Needs(Deploy),
+            control(Action::Rebuild),
+        ),
+        route(
+            Method::POST,
+            "/projections/{name}/pause",
+            Needs(Deploy),
+            control(Action::Pause),
+        ),
+        route(
+            Method::POST,
+            "/projections/{name}/resume",
+            Needs(Deploy),
+            control(Action::Resume),
+        ),
+        route(
+            Method::POST,
+            "/projections/{name}/retry",
+            Needs(Deploy),
+            control(Action::Retry),
+        ),
+        route(
+            Method::POST,
+            "/projections/{name}/skip",
+            Needs(Deploy),
+            control(Action::Skip),
+        ),
+        route(
+            Method::GET,
+            "/projections/{name}/view",
+            Needs(Read),
+            get(projections::page),
+        ),
+        route(
+            Method::GET,
+            "/projections/{name}/view/{*key}",
+            Needs(Read),
+            get(projections::document),
+        ),
+        route(
+            Method::GET,
+            "/admin/accounts",
+            Needs(Admin),
+            get(admin::accounts),
+        ),
+        route(
+            Method::GET,
+            "/admin/keys",
+            Needs(Admin),
+            get(admin::list_keys),
+        ),
+        route(
+            Method::POST,
+            "/admin/keys",
+            Needs(Admin),
+            post(admin::create_key),
+        ),
+        route(
+            Method::DELETE,
+            "/admin/keys/{id}",
+            Needs(Admin),
+            delete(admin::revoke_key),
+        ),
+    ];
+    all.extend(debug_routes());
+    all
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/health", get(health))
-        .route(
-            "/streams/{stream}",
-            get(streams::read).post(streams::append),
-        )
-        .route("/streams/{stream}/live", get(live::subscribe))
-        .route("/projections", get(projections::list))
-        .route(
-            "/projections/{name}",
-            get(projections::status).put(projections::put),
-        )
-        .route("/projections/{name}/rebuild", control(Action::Rebuild))
-        .route("/projections/{name}/pause", control(Action::Pause))
-        .route("/projections/{name}/resume", control(Action::Resume))
-        .route("/projections/{name}/retry", control(Action::Retry))
-        .route("/projections/{name}/skip", control(Action::Skip))
-        .route("/projections/{name}/view", get(projections::page))
-        .route(
-            "/projections/{name}/view/{*key}",
-            get(projections::document),
-        )
-        .merge(debug_routes())
+    let gate = Arc::new(auth::Gate::new(state.auth, state.keys.clone(), &routes()));
+    let mut router = Router::new();
+    for (route, handler) in routes_with_handlers() {
+        router = router.route(route.path, handler);
+    }
+    router
+        // Runs after routing (it needs the matched path), so unknown routes are 404 for all.
+        .route_layer(axum::middleware::from_fn_with_state(gate, auth::check))
         .fallback(|| async { ApiError::not_found("not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -118,24 +262,39 @@ async fn health(State(state): State<AppState>) -> impl IntoResponse {
 /// `sleep(2000)`, `off`) and `DELETE` to remove it: only in a build with the `failpoints`
 /// feature, which is how `cargo test` builds the server.
 #[cfg(feature = "failpoints")]
-fn debug_routes() -> Router<AppState> {
+fn debug_routes() -> Vec<(Route, MethodRouter<AppState>)> {
     use axum::extract::Path;
-    Router::new().route(
-        "/debug/failpoints/{name}",
-        axum::routing::put(|Path(name): Path<String>, body: String| async move {
-            match fail::cfg(name, body.trim()) {
-                Ok(()) => StatusCode::NO_CONTENT.into_response(),
-                Err(e) => ApiError::bad_request("invalid_failpoint", e).into_response(),
-            }
-        })
-        .delete(|Path(name): Path<String>| async move {
-            fail::remove(name);
-            StatusCode::NO_CONTENT
-        }),
-    )
+    let path = "/debug/failpoints/{name}";
+    let access = Access::Needs(Scope::Admin);
+    vec![
+        (
+            Route {
+                method: Method::PUT,
+                path,
+                access,
+            },
+            put(|Path(name): Path<String>, body: String| async move {
+                match fail::cfg(name, body.trim()) {
+                    Ok(()) => StatusCode::NO_CONTENT.into_response(),
+                    Err(e) => ApiError::bad_request("invalid_failpoint", e).into_response(),
+                }
+            }),
+        ),
+        (
+            Route {
+                method: Method::DELETE,
+                path,
+                access,
+            },
+            delete(|Path(name): Path<String>| async move {
+                fail::remove(name);
+                StatusCode::NO_CONTENT
+            }),
+        ),
+    ]
 }
 
 #[cfg(not(feature = "failpoints"))]
-fn debug_routes() -> Router<AppState> {
-    Router::new()
+fn debug_routes() -> Vec<(Route, MethodRouter<AppState>)> {
+    Vec::new()
 }

@@ -79,6 +79,30 @@ pub async fn put(
         .into_response())
 }
 
+/// `DELETE /projections/{name}`: removes the projection's file from the folder (202); the
+/// watcher then stops it and deletes its storage.
+pub async fn remove(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path(name) = path.map_err(|r| rejection("invalid_path", r))?;
+    if !valid_name(&name) {
+        return Err(unknown(&name));
+    }
+    let projections = state.projections.clone();
+    let target = name.clone();
+    let removed = tokio::task::spawn_blocking(move || projections.remove_file(&target)).await?;
+    match removed {
+        Ok(true) => Ok((
+            StatusCode::ACCEPTED,
+            axum::Json(serde_json::json!({ "name": name, "removed": true })),
+        )
+            .into_response()),
+        Ok(false) => Err(unknown(&name)),
+        Err(e) => Err(ApiError::internal(e)),
+    }
+}
+
 /// What an operator asks of a projection.
 #[derive(Clone, Copy)]
 pub enum Action {

@@ -232,6 +232,19 @@ impl Projections {
         std::fs::File::open(&self.shared.folder)?.sync_all()
     }
 
+    /// Removes `<name>.wasm` from the folder, where the watcher sees it go like any other
+    /// removal; false when there is no such file. Blocking.
+    pub fn remove_file(&self, name: &str) -> std::io::Result<bool> {
+        match std::fs::remove_file(self.shared.folder.join(format!("{name}.wasm"))) {
+            Ok(()) => {
+                std::fs::File::open(&self.shared.folder)?.sync_all()?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Rebuilds the projection from position 0 beside the serving version (blue/green).
     /// Blocking: it may compile.
     pub fn rebuild(&self, name: &str) -> Result<(), ControlError> {

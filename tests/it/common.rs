@@ -31,6 +31,17 @@ impl Server {
 
     /// [`Server::start_with`] of another build of the server (an older one, to compare).
     pub fn start_binary(binary: &Path, data: &Path, extra: &[&str]) -> Server {
+        Self::spawn(binary, data, extra, Stdio::inherit(), "warn")
+    }
+
+    /// [`Server::start_with`], its stderr (logs at `debug`) written to `log`.
+    pub fn start_logging(data: &Path, extra: &[&str], log: &Path) -> Server {
+        let file = std::fs::File::create(log).unwrap();
+        let binary = Path::new(env!("CARGO_BIN_EXE_projector"));
+        Self::spawn(binary, data, extra, Stdio::from(file), "debug")
+    }
+
+    fn spawn(binary: &Path, data: &Path, extra: &[&str], stderr: Stdio, log: &str) -> Server {
         let mut child = Command::new(binary)
             .arg("serve")
             .arg("--data")
@@ -39,9 +50,9 @@ impl Server {
             .arg(data.join("deploy"))
             .args(["--listen", "127.0.0.1:0", "--sse-keep-alive", "1"])
             .args(extra)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", log)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawning projector serve");
         let stdout = child.stdout.take().unwrap();

@@ -2,6 +2,7 @@
 //! loopback (`common`). One test binary, since each links wasmtime.
 
 mod abuse;
+mod auth;
 mod cli;
 mod common;
 mod crash;

@@ -1,0 +1,339 @@
+//! The key store: accounts and their API keys in `<data>/auth.redb`, with every key held in
+//! memory too, so that checking a request's token takes no lock and no I/O.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::token;
+use super::{AuthError, Principal, ROOT, Scope};
+
+const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
+
+/// The file, in the data directory.
+pub const AUTH_FILE: &str = "auth.redb";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("key storage: {0}")]
+    Redb(#[from] redb::Error),
+    #[error("no account named {0:?}")]
+    UnknownAccount(String),
+    #[error("only keys of the root account may hold the admin scope")]
+    AdminOutsideRoot,
+    #[error("a key needs at least one scope")]
+    NoScope,
+    #[error("no key with id {0:?}")]
+    UnknownKey(String),
+    #[error("no randomness for a new key: {0}")]
+    Random(String),
+    #[error("encoding a key record: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Redb(e.into())
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// A key as stored: never its secret, only the secret's hash.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct KeyRecord {
+    id: String,
+    account: String,
+    scopes: Vec<Scope>,
+    label: Option<String>,
+    /// Seconds since the Unix epoch.
+    created_at: u64,
+    expires_at: Option<u64>,
+    revoked_at: Option<u64>,
+    /// SHA-256 of the secret, hex.
+    hash: String,
+}
+
+/// What the API shows of a key.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KeyInfo {
+    pub id: String,
+    pub account: String,
+    pub scopes: Vec<Scope>,
+    pub label: Option<String>,
+    pub created_at: u64,
+    pub expires_at: Option<u64>,
+    pub revoked_at: Option<u64>,
+}
+
+/// What a new key is asked to be.
+#[derive(Clone, Debug, Deserialize)]
+pub struct NewKey {
+    pub account: String,
+    pub scopes: Vec<Scope>,
+    pub expires_in_days: Option<u64>,
+    pub label: Option<String>,
+}
+
+pub struct KeyStore {
+    db: Database,
+    /// Every key by id, replaced whole by each change; read without a lock.
+    keys: ArcSwap<HashMap<String, KeyRecord>>,
+    /// Held by a change (create, revoke) across its write: one at a time. Taken alone.
+    writing: Mutex<()>,
+    /// Bumped by each revocation, so that open live subscriptions check their key again.
+    revocations: watch::Sender<u64>,
+}
+
+impl KeyStore {
+    /// Opens (or creates) the store in `dir`. Blocking.
+    pub fn open(dir: &Path) -> Result<Arc<Self>, StoreError> {
+        let db = Database::create(dir.join(AUTH_FILE))?;
+        let txn = db.begin_write()?;
+        txn.open_table(KEYS)?;
+        txn.commit()?;
+        let mut keys = HashMap::new();
+        {
+            let txn = db.begin_read()?;
+            for item in txn.open_table(KEYS)?.iter()? {
+                let (id, record) = item?;
+                keys.insert(
+                    id.value().to_owned(),
+                    serde_json::from_slice(record.value())?,
+                );
+            }
+        }
+        Ok(Arc::new(KeyStore {
+            db,
+            keys: ArcSwap::from_pointee(keys),
+            writing: Mutex::new(()),
+            revocations: watch::Sender::new(0),
+        }))
+    }
+
+    /// Whether no key was ever created (the server then makes the root key).
+    pub fn is_empty(&self) -> bool {
+        self.keys.load().is_empty()
+    }
+
+    /// The accounts. Until accounts are tenants of their own (issue 12's second part), there
+    /// is one: `root`.
+    pub fn accounts(&self) -> Vec<String> {
+        vec![ROOT.to_owned()]
+    }
+
+    /// Creates a key and returns it with its token, which is not stored and never shown
+    /// again. Blocking: it commits.
+    pub fn create(&self, new: &NewKey) -> Result<(KeyInfo, String), StoreError> {
+        if !self.accounts().contains(&new.account) {
+            return Err(StoreError::UnknownAccount(new.account.clone()));
+        }
+        if new.scopes.is_empty() {
+            return Err(StoreError::NoScope);
+        }
+        if new.scopes.contains(&Scope::Admin) && new.account != ROOT {
+            return Err(StoreError::AdminOutsideRoot);
+        }
+        let minted = token::mint().map_err(|e| StoreError::Random(e.to_string()))?;
+        let now = now_secs();
+        let mut scopes = new.scopes.clone();
+        scopes.sort();
+        scopes.dedup();
+        let record = KeyRecord {
+            id: minted.id.clone(),
+            account: new.account.clone(),
+            scopes,
+            label: new.label.clone(),
+            created_at: now,
+            expires_at: new
+                .expires_in_days
+                .map(|days| now.saturating_add(days.saturating_mul(86_400))),
+            revoked_at: None,
+            hash: minted.hash.iter().map(|b| format!("{b:02x}")).collect(),
+        };
+        self.write(record.clone())?;
+        Ok((info(&record), minted.token))
+    }
+
+    /// Every key (of `account`), oldest first; never a secret.
+    pub fn list(&self, account: Option<&str>) -> Vec<KeyInfo> {
+        let keys = self.keys.load();
+        let mut out: Vec<KeyInfo> = keys
+            .values()
+            .filter(|k| account.is_none_or(|a| k.account == a))
+            .map(info)
+            .collect();
+        out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        out
+    }
+
+    /// Revokes a key: the next request with it is refused, and live subscriptions opened with
+    /// it are closed. Blocking: it commits.
+    pub fn revoke(&self, id: &str) -> Result<KeyInfo, StoreError> {
+        let mut record = self
+            .keys
+            .load()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| StoreError::UnknownKey(id.to_owned()))?;
+        if record.revoked_at.is_none() {
+            record.revoked_at = Some(now_secs());
+            self.write(record.clone())?;
+            self.revocations.send_modify(|n| *n += 1);
+        }
+        Ok(info(&record))
+    }
+
+    /// Who presents `token`, if it is a live key.
+    pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let presented = token::parse(token).ok_or(AuthError::Malformed)?;
+        let keys = self.keys.load();
+        let record = keys.get(presented.id).ok_or(AuthError::Unknown)?;
+        let stored = decode_hash(&record.hash).ok_or(AuthError::Unknown)?;
+        if !presented.matches(&stored) {
+            return Err(AuthError::Unknown);
+        }
+        if record.revoked_at.is_some() {
+            return Err(AuthError::Revoked);
+        }
+        if record.expires_at.is_some_and(|at| at <= now_secs()) {
+            return Err(AuthError::Expired);
+        }
+        Ok(Principal {
+            key_id: record.id.clone(),
+            account: record.account.clone(),
+            scopes: record.scopes.clone(),
+        })
+    }
+
+    /// Whether the key is still live (not revoked, not expired).
+    pub fn is_live(&self, key_id: &str) -> bool {
+        self.keys.load().get(key_id).is_some_and(|r| {
+            r.revoked_at.is_none() && r.expires_at.is_none_or(|at| at > now_secs())
+        })
+    }
+
+    /// Changes when a key is revoked.
+    pub fn revocations(&self) -> watch::Receiver<u64> {
+        self.revocations.subscribe()
+    }
+
+    fn write(&self, record: KeyRecord) -> Result<(), StoreError> {
+        let _writing = self.writing.lock();
+        let encoded = serde_json::to_vec(&record)?;
+        let txn = self.db.begin_write()?;
+        txn.open_table(KEYS)?
+            .insert(record.id.as_str(), encoded.as_slice())?;
+        txn.commit()?;
+        let mut keys = HashMap::clone(&self.keys.load());
+        keys.insert(record.id.clone(), record);
+        self.keys.store(Arc::new(keys));
+        Ok(())
+    }
+}
+
+fn info(record: &KeyRecord) -> KeyInfo {
+    KeyInfo {
+        id: record.id.clone(),
+        account: record.account.clone(),
+        scopes: record.scopes.clone(),
+        label: record.label.clone(),
+        created_at: record.created_at,
+        expires_at: record.expires_at,
+        revoked_at: record.revoked_at,
+    }
+}
+
+fn decode_hash(hex: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    if hex.len() != 64 {
+        return None;
+    }
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_key(scopes: &[Scope], expires_in_days: Option<u64>) -> NewKey {
+        NewKey {
+            account: ROOT.into(),
+            scopes: scopes.to_vec(),
+            expires_in_days,
+            label: Some("test".into()),
+        }
+    }
+
+    #[test]
+    fn keys_verify_until_revoked_or_expired_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::open(dir.path()).unwrap();
+        assert!(store.is_empty());
+        let (key, token) = store.create(&new_key(&[Scope::Read], None)).unwrap();
+        let principal = store.verify(&token).unwrap();
+        assert_eq!(
+            (principal.key_id.as_str(), principal.scopes.as_slice()),
+            (key.id.as_str(), &[Scope::Read][..])
+        );
+        let (_, expired) = store.create(&new_key(&[Scope::Read], Some(0))).unwrap();
+        assert!(matches!(store.verify(&expired), Err(AuthError::Expired)));
+        let wrong = format!("{}A", &token[..token.len() - 1]);
+        assert!(matches!(
+            store.verify(&wrong),
+            Err(AuthError::Unknown | AuthError::Malformed)
+        ));
+        drop(store);
+        let store = KeyStore::open(dir.path()).unwrap();
+        assert!(store.verify(&token).is_ok(), "keys survive a reopen");
+        store.revoke(&key.id).unwrap();
+        assert!(matches!(store.verify(&token), Err(AuthError::Revoked)));
+        drop(store);
+        let store = KeyStore::open(dir.path()).unwrap();
+        assert!(matches!(store.verify(&token), Err(AuthError::Revoked)));
+        assert_eq!(store.list(None).len(), 2);
+    }
+
+    #[test]
+    fn admin_is_for_root_only_and_a_key_needs_a_scope() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::open(dir.path()).unwrap();
+        assert!(matches!(
+            store.create(&new_key(&[], None)),
+            Err(StoreError::NoScope)
+        ));
+        let elsewhere = NewKey {
+            account: "shop".into(),
+            ..new_key(&[Scope::Admin], None)
+        };
+        assert!(matches!(
+            store.create(&elsewhere),
+            Err(StoreError::UnknownAccount(_))
+        ));
+    }
+}
