@@ -19,19 +19,20 @@ use crate::auth::{AuthError, AuthMode, KeyStore};
 pub struct Gate {
     mode: AuthMode,
     keys: Arc<KeyStore>,
-    access: HashMap<(Method, &'static str), Access>,
+    /// By path template, then method.
+    access: HashMap<&'static str, Vec<(Method, Access)>>,
 }
 
 impl Gate {
     pub fn new(mode: AuthMode, keys: Arc<KeyStore>, routes: &[Route]) -> Self {
-        Gate {
-            mode,
-            keys,
-            access: routes
-                .iter()
-                .map(|r| ((r.method.clone(), r.path), r.access))
-                .collect(),
+        let mut access: HashMap<&'static str, Vec<(Method, Access)>> = HashMap::new();
+        for route in routes {
+            access
+                .entry(route.path)
+                .or_default()
+                .push((route.method.clone(), route.access));
         }
+        Gate { mode, keys, access }
     }
 }
 
@@ -51,13 +52,11 @@ pub async fn check(
     // A routed request has a table entry; one without is refused rather than let through.
     let access = matched
         .as_ref()
-        .and_then(|m| {
-            gate.access
-                .iter()
-                .find(|((mm, path), _)| *mm == method && *path == m.as_str())
-                .map(|(_, access)| *access)
-        })
-        .unwrap_or(Access::Needs(crate::auth::Scope::Admin));
+        .and_then(|m| gate.access.get(m.as_str()))
+        .and_then(|methods| methods.iter().find(|(m, _)| *m == method))
+        .map_or(Access::Needs(crate::auth::Scope::Admin), |(_, access)| {
+            *access
+        });
     let Access::Needs(scope) = access else {
         return next.run(request).await;
     };
