@@ -4,6 +4,18 @@
 //! ([`runtime`]) over them into [`views`], [`http`] serves all of it, and [`server`] wires the
 //! parts into the running process. [`client`] is the operator's side of the HTTP API.
 
+/// `From` each of redb's error types (through `redb::Error`) into `$error::Redb`: every
+/// module that talks to redb keeps one typed variant for it.
+macro_rules! from_redb {
+    ($error:ident: $($t:ty),*) => {$(
+        impl From<$t> for $error {
+            fn from(e: $t) -> Self {
+                $error::Redb(e.into())
+            }
+        }
+    )*};
+}
+
 pub mod auth;
 pub mod client;
 pub mod failpoint;

@@ -38,16 +38,8 @@ pub enum StoreError {
     Encode(#[from] serde_json::Error),
 }
 
-macro_rules! from_redb {
-    ($($t:ty),*) => {$(
-        impl From<$t> for StoreError {
-            fn from(e: $t) -> Self {
-                StoreError::Redb(e.into())
-            }
-        }
-    )*};
-}
 from_redb!(
+    StoreError:
     redb::DatabaseError,
     redb::TransactionError,
     redb::TableError,

@@ -104,17 +104,8 @@ pub fn is_disk_full(e: &std::io::Error) -> bool {
         || matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
 }
 
-macro_rules! from_redb {
-    ($($t:ty),*) => {$(
-        impl From<$t> for StorageError {
-            fn from(e: $t) -> Self {
-                Self::Redb(e.into())
-            }
-        }
-    )*};
-}
-
 from_redb!(
+    StorageError:
     redb::DatabaseError,
     redb::TransactionError,
     redb::TableError,

@@ -60,16 +60,8 @@ impl ViewError {
     }
 }
 
-macro_rules! from_redb {
-    ($($t:ty),*) => {$(
-        impl From<$t> for ViewError {
-            fn from(e: $t) -> Self {
-                ViewError::Redb(e.into())
-            }
-        }
-    )*};
-}
 from_redb!(
+    ViewError:
     redb::DatabaseError,
     redb::TransactionError,
     redb::TableError,

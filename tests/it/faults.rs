@@ -32,6 +32,19 @@ async fn orders(client: &reqwest::Client, server: &Server, from: u64, count: u64
     head
 }
 
+/// Waits until every example has applied `head`.
+async fn all_caught_up(client: &reqwest::Client, server: &Server, head: u64) {
+    for name in EXAMPLES {
+        status_until(client, server, name, caught_up(head)).await;
+    }
+}
+
+/// Waits until every example has applied `head`, then checks each view against a native run.
+async fn settled(client: &reqwest::Client, server: &Server, head: u64) {
+    all_caught_up(client, server, head).await;
+    assert_views_match_native(client, server).await;
+}
+
 fn caught_up(head: u64) -> impl Fn(&Value) -> bool {
     move |s| s["state"] == "caught_up" && s["position"].as_u64() >= Some(head)
 }
@@ -43,9 +56,7 @@ async fn a_view_commit_failure_recovers(action: &str, kind: &str) {
     let server = Server::start(dir.path());
     let client = client();
     let head = orders(&client, &server, 0, 5).await;
-    for name in EXAMPLES {
-        status_until(&client, &server, name, caught_up(head)).await;
-    }
+    all_caught_up(&client, &server, head).await;
     failpoint(&client, &server, "view-commit", action).await;
     let head = orders(&client, &server, 5, 5).await;
     for name in EXAMPLES {
@@ -57,10 +68,7 @@ async fn a_view_commit_failure_recovers(action: &str, kind: &str) {
     assert_eq!((status, &health["status"]), (StatusCode::OK, &json!("ok")));
     assert_eq!(log_events(&client, &server).await.len() as u64, head);
     clear_failpoint(&client, &server, "view-commit").await;
-    for name in EXAMPLES {
-        status_until(&client, &server, name, caught_up(head)).await;
-    }
-    assert_views_match_native(&client, &server).await;
+    settled(&client, &server, head).await;
 }
 
 #[tokio::test]
@@ -124,10 +132,7 @@ async fn a_full_disk_on_append_answers_507_writes_nothing_and_recovers() {
         "the refused appends wrote nothing"
     );
     assert!(events.iter().all(|e| e.stream != "order-x"));
-    for name in EXAMPLES {
-        status_until(&client, &server, name, caught_up(head)).await;
-    }
-    assert_views_match_native(&client, &server).await;
+    settled(&client, &server, head).await;
 }
 
 #[tokio::test]
@@ -165,9 +170,7 @@ async fn a_panic_in_a_projection_turn_is_a_host_fault_and_the_workers_carry_on()
     let server = Server::start_with(dir.path(), &["--workers", "1"]);
     let client = client();
     let head = orders(&client, &server, 0, 2).await;
-    for name in EXAMPLES {
-        status_until(&client, &server, name, caught_up(head)).await;
-    }
+    all_caught_up(&client, &server, head).await;
     // The next turn of whichever projection runs first panics, once.
     failpoint(&client, &server, "turn", "1*panic").await;
     let head = orders(&client, &server, 2, 3).await;
@@ -195,10 +198,7 @@ async fn a_panic_in_a_projection_turn_is_a_host_fault_and_the_workers_carry_on()
     // The one worker survived: every projection, the panicked one after its backoff, catches
     // up with later appends too.
     let head = orders(&client, &server, 5, 2).await.max(head);
-    for name in EXAMPLES {
-        status_until(&client, &server, name, caught_up(head)).await;
-    }
-    assert_views_match_native(&client, &server).await;
+    settled(&client, &server, head).await;
 }
 
 #[tokio::test]
@@ -291,9 +291,7 @@ async fn reads_do_not_wait_on_a_stalled_promotion() {
     let server = Server::start(dir.path());
     let client = client();
     let head = orders(&client, &server, 0, 4).await;
-    for name in EXAMPLES {
-        status_until(&client, &server, name, caught_up(head)).await;
-    }
+    all_caught_up(&client, &server, head).await;
     failpoint(&client, &server, "view-current", "sleep(2000)").await;
     let requested = Instant::now();
     let response = client
