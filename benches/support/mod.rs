@@ -20,12 +20,18 @@ impl Server {
     /// unless the caller put some there (the folder is created empty, so the examples are not
     /// seeded).
     pub fn start(data: &Path) -> Server {
+        Self::start_with(data, &[])
+    }
+
+    /// [`Server::start`] with more arguments.
+    pub fn start_with(data: &Path, extra: &[&str]) -> Server {
         std::fs::create_dir_all(data.join("deploy")).expect("creating the deploy folder");
         let mut child = Command::new(env!("CARGO_BIN_EXE_projector"))
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(data)
             .arg("--projections")
             .arg(data.join("deploy"))
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .spawn()

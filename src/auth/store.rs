@@ -83,10 +83,32 @@ pub struct NewKey {
     pub label: Option<String>,
 }
 
+/// A key as a request's check needs it: the record, its hash decoded, and the principal a
+/// request made with it carries (shared, not rebuilt per request).
+struct LiveKey {
+    record: KeyRecord,
+    hash: [u8; 32],
+    principal: Arc<Principal>,
+}
+
+impl LiveKey {
+    fn new(record: KeyRecord) -> Self {
+        LiveKey {
+            hash: decode_hash(&record.hash).unwrap_or_default(),
+            principal: Arc::new(Principal {
+                key_id: record.id.clone(),
+                account: record.account.clone(),
+                scopes: record.scopes.clone(),
+            }),
+            record,
+        }
+    }
+}
+
 pub struct KeyStore {
     db: Database,
     /// Every key by id, replaced whole by each change; read without a lock.
-    keys: ArcSwap<HashMap<String, KeyRecord>>,
+    keys: ArcSwap<HashMap<String, Arc<LiveKey>>>,
     /// Held by a change (create, revoke) across its write: one at a time. Taken alone.
     writing: Mutex<()>,
     /// Bumped by each revocation, so that open live subscriptions check their key again.
@@ -105,10 +127,8 @@ impl KeyStore {
             let txn = db.begin_read()?;
             for item in txn.open_table(KEYS)?.iter()? {
                 let (id, record) = item?;
-                keys.insert(
-                    id.value().to_owned(),
-                    serde_json::from_slice(record.value())?,
-                );
+                let record: KeyRecord = serde_json::from_slice(record.value())?;
+                keys.insert(id.value().to_owned(), Arc::new(LiveKey::new(record)));
             }
         }
         Ok(Arc::new(KeyStore {
@@ -168,6 +188,7 @@ impl KeyStore {
         let keys = self.keys.load();
         let mut out: Vec<KeyInfo> = keys
             .values()
+            .map(|k| &k.record)
             .filter(|k| account.is_none_or(|a| k.account == a))
             .map(info)
             .collect();
@@ -182,7 +203,7 @@ impl KeyStore {
             .keys
             .load()
             .get(id)
-            .cloned()
+            .map(|k| k.record.clone())
             .ok_or_else(|| StoreError::UnknownKey(id.to_owned()))?;
         if record.revoked_at.is_none() {
             record.revoked_at = Some(now_secs());
@@ -193,31 +214,26 @@ impl KeyStore {
     }
 
     /// Who presents `token`, if it is a live key.
-    pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+    pub fn verify(&self, token: &str) -> Result<Arc<Principal>, AuthError> {
         let presented = token::parse(token).ok_or(AuthError::Malformed)?;
         let keys = self.keys.load();
-        let record = keys.get(presented.id).ok_or(AuthError::Unknown)?;
-        let stored = decode_hash(&record.hash).ok_or(AuthError::Unknown)?;
-        if !presented.matches(&stored) {
+        let key = keys.get(presented.id).ok_or(AuthError::Unknown)?;
+        if !presented.matches(&key.hash) {
             return Err(AuthError::Unknown);
         }
-        if record.revoked_at.is_some() {
+        if key.record.revoked_at.is_some() {
             return Err(AuthError::Revoked);
         }
-        if record.expires_at.is_some_and(|at| at <= now_secs()) {
+        if key.record.expires_at.is_some_and(|at| at <= now_secs()) {
             return Err(AuthError::Expired);
         }
-        Ok(Principal {
-            key_id: record.id.clone(),
-            account: record.account.clone(),
-            scopes: record.scopes.clone(),
-        })
+        Ok(key.principal.clone())
     }
 
     /// Whether the key is still live (not revoked, not expired).
     pub fn is_live(&self, key_id: &str) -> bool {
-        self.keys.load().get(key_id).is_some_and(|r| {
-            r.revoked_at.is_none() && r.expires_at.is_none_or(|at| at > now_secs())
+        self.keys.load().get(key_id).is_some_and(|k| {
+            k.record.revoked_at.is_none() && k.record.expires_at.is_none_or(|at| at > now_secs())
         })
     }
 
@@ -234,7 +250,7 @@ impl KeyStore {
             .insert(record.id.as_str(), encoded.as_slice())?;
         txn.commit()?;
         let mut keys = HashMap::clone(&self.keys.load());
-        keys.insert(record.id.clone(), record);
+        keys.insert(record.id.clone(), Arc::new(LiveKey::new(record)));
         self.keys.store(Arc::new(keys));
         Ok(())
     }

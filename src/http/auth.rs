@@ -1,7 +1,7 @@
 //! The auth check, run on every routed request: with `--auth keys`, the request's key must be
 //! live and hold the scope its route needs (`Route::access`). A missing or bad key is a 401
 //! with `WWW-Authenticate: Bearer`; a key without the scope, a 403 naming it. The key's
-//! `Principal` goes into the request's extensions for the handlers.
+//! `Arc<Principal>` goes into the request's extensions for the handlers.
 
 use std::collections::HashMap;
 use std::sync::Arc;

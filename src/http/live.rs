@@ -57,7 +57,7 @@ pub async fn subscribe(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<LiveParams>, QueryRejection>,
-    principal: Option<Extension<Principal>>,
+    principal: Option<Extension<Arc<Principal>>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let source = parse_source(&path_param(path)?)?;
@@ -112,7 +112,7 @@ pub async fn subscribe(
         let mut shutdown = state.shutdown.clone();
         // A subscription opened with a key ends when the key is revoked.
         let (keys, mut revocations) = (state.keys.clone(), state.keys.revocations());
-        let key = principal.map(|Extension(p)| p.key_id);
+        let key = principal.map(|Extension(p)| p.key_id.clone());
         let revoked = async move {
             let Some(key) = key else {
                 return std::future::pending().await;

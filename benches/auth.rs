@@ -1,0 +1,128 @@
+//! What API keys cost: appends (64 lean clients) and view GETs (16 lean clients) against a
+//! release server with `--auth none` and with `--auth keys`, run alternately in one sitting,
+//! so that the machine's drift falls on both alike. Prints each run, the medians and the
+//! ratio.
+//!
+//! `BENCH_RUNS` (3) pairs, `BENCH_SECONDS` (3) per measurement.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use support::{Lean, Server, env_number, guest, median};
+
+/// Events per second of `clients` lean clients appending one event per request.
+async fn appends(addr: &str, auth: &str, clients: usize, seconds: Duration) -> f64 {
+    let done = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let (done, addr, auth) = (done.clone(), addr.to_owned(), auth.to_owned());
+            tokio::spawn(async move {
+                let mut client = Lean::connect(&addr).await;
+                let body = br#"[{"type":"Deposited","data":{"amount":5}}]"#;
+                let mut n = 0u64;
+                while start.elapsed() < seconds {
+                    let mut request = format!(
+                        "POST /streams/account-{c}x{} HTTP/1.1\r\nhost: {addr}\r\n{auth}content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                        n % 20,
+                        body.len()
+                    )
+                    .into_bytes();
+                    request.extend_from_slice(body);
+                    client.exchange(&request, 201).await;
+                    done.fetch_add(1, Ordering::Relaxed);
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Requests per second of `clients` lean clients GETting `stream-stats` documents.
+async fn view_gets(addr: &str, auth: &str, clients: usize, seconds: Duration) -> f64 {
+    let done = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let (done, addr, auth) = (done.clone(), addr.to_owned(), auth.to_owned());
+            tokio::spawn(async move {
+                let mut client = Lean::connect(&addr).await;
+                let mut n = c as u64;
+                while start.elapsed() < seconds {
+                    let request = format!(
+                        "GET /projections/stream-stats/view/stream/account-{}x{} HTTP/1.1\r\nhost: {addr}\r\n{auth}\r\n",
+                        n % 64,
+                        (n / 64) % 20
+                    );
+                    client.exchange(request.as_bytes(), 200).await;
+                    done.fetch_add(1, Ordering::Relaxed);
+                    n += clients as u64;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let runs = env_number("BENCH_RUNS", 3) as usize;
+    let seconds = Duration::from_secs(env_number("BENCH_SECONDS", 3));
+    let tokio = support::runtime();
+    let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let mut results: Vec<(&str, Vec<f64>, Vec<f64>)> = vec![
+        ("none", Vec::new(), Vec::new()),
+        ("keys", Vec::new(), Vec::new()),
+    ];
+    for run in 0..runs {
+        for (mode, append_rates, get_rates) in &mut results {
+            let data = scratch.path().join(format!("{mode}-{run}"));
+            std::fs::create_dir_all(data.join("deploy")).unwrap();
+            std::fs::write(data.join("deploy/stream-stats.wasm"), guest("stream_stats")).unwrap();
+            let server = Server::start_with(&data, &["--auth", mode]);
+            let addr = server.base.trim_start_matches("http://").to_owned();
+            let auth = if *mode == "keys" {
+                let token = std::fs::read_to_string(data.join("root.token")).unwrap();
+                format!("authorization: Bearer {}\r\n", token.trim())
+            } else {
+                String::new()
+            };
+            let (append_rate, get_rate) = tokio.block_on(async {
+                let append_rate = appends(&addr, &auth, 64, seconds).await;
+                // Every stream's document is there once stream-stats caught up.
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let get_rate = view_gets(&addr, &auth, 16, seconds).await;
+                (append_rate, get_rate)
+            });
+            println!(
+                "run {run}, --auth {mode}: appends {append_rate:.0}/s (64 clients), view GETs {get_rate:.0}/s (16 clients)"
+            );
+            append_rates.push(append_rate);
+            get_rates.push(get_rate);
+        }
+    }
+    let [(_, none_appends, none_gets), (_, keys_appends, keys_gets)] = &results[..] else {
+        unreachable!()
+    };
+    let (na, ka) = (median(none_appends.clone()), median(keys_appends.clone()));
+    let (ng, kg) = (median(none_gets.clone()), median(keys_gets.clone()));
+    println!("| measurement | --auth none | --auth keys | keys / none |");
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| append, 64 lean clients, events/s | {na:.0} | {ka:.0} | {:.3} |",
+        ka / na
+    );
+    println!(
+        "| view GET, 16 lean clients, requests/s | {ng:.0} | {kg:.0} | {:.3} |",
+        kg / ng
+    );
+}
