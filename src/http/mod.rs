@@ -1,9 +1,10 @@
 //! The HTTP API (axum): appends and reads of raw streams, live subscriptions, projection
-//! status and views, health.
+//! status and views, the admin API, health; and the accept loop that serves it (`serve`).
 //!
-//! Handlers never block the reactor: appends await the log writer, reads run on tokio's
-//! blocking pool. Every error is JSON (`error::ApiError`), including unknown routes and
-//! methods and the rejections of axum's own extractors.
+//! The router is built from one table of routes, each with the scope it needs (`routes`),
+//! which the auth check (`auth`) reads. Handlers never block the reactor: appends await the
+//! log writer, reads run on tokio's blocking pool. Every error is JSON (`error::ApiError`),
+//! including unknown routes and methods and the rejections of axum's own extractors.
 
 mod admin;
 mod auth;
