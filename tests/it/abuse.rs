@@ -172,7 +172,8 @@ async fn ndjson_readers_that_never_read_pin_no_thread_and_are_capped() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start_with(dir.path(), &["--max-streams", "530"]);
     let client = client();
-    append_large(&client, &server, "big-1", 1500, 8_000).await;
+    // 32 MB: more than the socket buffers of a reader hold, so none of them finishes.
+    append_large(&client, &server, "big-1", 4000, 8_000).await;
     // 530 readers that send their request and never read the answer: more than tokio's
     // blocking pool has threads (512), which each used to hold while its channel was full,
     // after which every read on the pool hung.
@@ -187,15 +188,25 @@ async fn ndjson_readers_that_never_read_pin_no_thread_and_are_capped() {
             .unwrap();
         stalled.push(stream);
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    // Over the cap: a 503 with Retry-After.
-    let response = client
-        .get(server.url("/streams/big-1"))
-        .header("accept", "application/x-ndjson")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // Over the cap, once all 530 are streaming: a 503 with Retry-After.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let response = loop {
+        let response = client
+            .get(server.url("/streams/big-1"))
+            .header("accept", "application/x-ndjson")
+            .send()
+            .await
+            .unwrap();
+        if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+            break response;
+        }
+        drop(response);
+        assert!(
+            Instant::now() < deadline,
+            "the cap of streams was never reached"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert_eq!(response.headers()["retry-after"], "1");
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "too_many_streams");
