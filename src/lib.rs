@@ -21,6 +21,7 @@ pub mod client;
 pub mod failpoint;
 pub mod http;
 pub mod log;
+mod reopen;
 pub mod runtime;
 pub mod scheduler;
 pub mod server;

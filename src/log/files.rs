@@ -6,16 +6,12 @@
 //! handle for the length of one read, so the old one closes as soon as they are done.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 
 use super::error::StorageError;
 use super::store::{FlushPolicy, Store, StreamLengths};
-
-/// How long a reopen waits for readers of the old handle to finish (each read is short).
-const DRAIN: Duration = Duration::from_secs(10);
 
 /// The log's database, swapped for a fresh handle after an I/O failure.
 pub struct LogFiles {
@@ -53,13 +49,7 @@ impl LogFiles {
     /// Closes the current handle (once the reads under way on it end) and opens the file
     /// again, which rolls it back to its last commit. The caller must hold no handle.
     pub fn reopen(&self) -> Result<(Arc<Store>, StreamLengths), StorageError> {
-        if let Some(old) = self.store.swap(None) {
-            let old: Weak<Store> = Arc::downgrade(&old);
-            let started = Instant::now();
-            while old.strong_count() > 0 && started.elapsed() < DRAIN {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
+        crate::reopen::take_and_drain(&self.store);
         crate::failpoint::failpoint!("log-reopen", |arg| Err(StorageError::io(
             crate::failpoint::io_error(arg)
         )));

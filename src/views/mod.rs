@@ -10,8 +10,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
@@ -195,9 +194,6 @@ pub struct ViewStore {
     file: Arc<ViewFile>,
 }
 
-/// How long a reopen waits for the reads under way on the failed handle (each is short).
-const DRAIN: Duration = Duration::from_secs(10);
-
 struct ViewFile {
     path: PathBuf,
     /// The open handle; `None` only while it is being reopened. Each use holds it for one
@@ -255,13 +251,7 @@ impl ViewStore {
         if !self.file.failed.load(Ordering::Acquire) {
             return Ok(());
         }
-        if let Some(old) = self.file.db.swap(None) {
-            let old: Weak<Database> = Arc::downgrade(&old);
-            let started = Instant::now();
-            while old.strong_count() > 0 && started.elapsed() < DRAIN {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
+        crate::reopen::take_and_drain(&self.file.db);
         let db = open_database(&self.file.path)?;
         self.file.db.store(Some(Arc::new(db)));
         self.file.failed.store(false, Ordering::Release);
