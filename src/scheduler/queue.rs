@@ -97,15 +97,12 @@ impl Signal {
         }
     }
 
-    /// Whether a worker should put its projection back: the workers are stopping, or other
-    /// work waits.
-    pub fn others_wait(&self) -> bool {
+    /// Whether a worker should put its projection back (one look at the queue, per batch):
+    /// the workers are stopping, or its turn is `over` and other work waits.
+    pub fn should_yield(&self, over: bool) -> bool {
         let queue = self.queue.lock();
-        !queue.ready.is_empty() || !queue.rebuilding.is_empty() || queue.rescan
-    }
-
-    pub fn stopping(&self) -> bool {
-        self.queue.lock().stopping
+        queue.stopping
+            || (over && (!queue.ready.is_empty() || !queue.rebuilding.is_empty() || queue.rescan))
     }
 
     /// Stops the workers: empties the queue and wakes every one.

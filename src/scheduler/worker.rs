@@ -160,7 +160,7 @@ impl Shared {
             if after >= head {
                 return TurnEnd::CaughtUp;
             }
-            if self.signal.stopping() || (started.elapsed() >= TURN && self.signal.others_wait()) {
+            if self.signal.should_yield(started.elapsed() >= TURN) {
                 return TurnEnd::Yield;
             }
             let batch = match read_ahead.take() {
