@@ -52,8 +52,8 @@ struct HttpArgs {
 }
 
 impl HttpArgs {
-    fn limits(&self) -> server::HttpLimits {
-        let open_files = projector::http::serve::raise_open_files_limit();
+    /// The limits, the default connection cap sized from `open_files`.
+    fn limits(&self, open_files: u64) -> server::HttpLimits {
         server::HttpLimits {
             serve: projector::http::serve::Limits {
                 max_connections: self
@@ -312,7 +312,8 @@ async fn run() -> anyhow::Result<()> {
                     memory_bytes: guest_memory_mib.saturating_mul(1024 * 1024),
                     written_bytes: guest_writes_mib.saturating_mul(1024 * 1024),
                 },
-                http: http.limits(),
+                // Before sizing the connection cap from it.
+                http: http.limits(projector::http::serve::raise_open_files_limit()),
                 auth,
             };
             let stop = server::shutdown_signal().context("installing the signal handlers")?;

@@ -211,11 +211,13 @@ fn routes_with_handlers() -> Vec<(Route, MethodRouter<AppState>)> {
 }
 
 pub fn router(state: AppState) -> Router {
-    let gate = Arc::new(auth::Gate::new(state.auth, state.keys.clone(), &routes()));
     let mut router = Router::new();
+    let mut table = Vec::new();
     for (route, handler) in routes_with_handlers() {
         router = router.route(route.path, handler);
+        table.push(route);
     }
+    let gate = Arc::new(auth::Gate::new(state.auth, state.keys.clone(), &table));
     router
         // Runs after routing (it needs the matched path), so unknown routes are 404 for all.
         .route_layer(axum::middleware::from_fn_with_state(gate, auth::check))
