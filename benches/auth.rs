@@ -7,71 +7,41 @@
 
 mod support;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::{Lean, Server, env_number, guest, median};
+use support::{Server, env_number, guest, lean_rate, median};
 
 /// Events per second of `clients` lean clients appending one event per request.
 async fn appends(addr: &str, auth: &str, clients: usize, seconds: Duration) -> f64 {
-    let done = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..clients)
-        .map(|c| {
-            let (done, addr, auth) = (done.clone(), addr.to_owned(), auth.to_owned());
-            tokio::spawn(async move {
-                let mut client = Lean::connect(&addr).await;
-                let body = br#"[{"type":"Deposited","data":{"amount":5}}]"#;
-                let mut n = 0u64;
-                while start.elapsed() < seconds {
-                    let mut request = format!(
-                        "POST /streams/account-{c}x{} HTTP/1.1\r\nhost: {addr}\r\n{auth}content-type: application/json\r\ncontent-length: {}\r\n\r\n",
-                        n % 20,
-                        body.len()
-                    )
-                    .into_bytes();
-                    request.extend_from_slice(body);
-                    client.exchange(&request, 201).await;
-                    done.fetch_add(1, Ordering::Relaxed);
-                    n += 1;
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
-    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+    let (host, auth) = (addr.to_owned(), auth.to_owned());
+    lean_rate(addr, clients, seconds, 201, move |c, n| {
+        let body = br#"[{"type":"Deposited","data":{"amount":5}}]"#;
+        let mut request = format!(
+            "POST /streams/account-{c}x{} HTTP/1.1\r\nhost: {host}\r\n{auth}content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            n % 20,
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(body);
+        request
+    })
+    .await
 }
 
 /// Requests per second of `clients` lean clients GETting `stream-stats` documents.
 async fn view_gets(addr: &str, auth: &str, clients: usize, seconds: Duration) -> f64 {
-    let done = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..clients)
-        .map(|c| {
-            let (done, addr, auth) = (done.clone(), addr.to_owned(), auth.to_owned());
-            tokio::spawn(async move {
-                let mut client = Lean::connect(&addr).await;
-                let mut n = c as u64;
-                while start.elapsed() < seconds {
-                    let request = format!(
-                        "GET /projections/stream-stats/view/stream/account-{}x{} HTTP/1.1\r\nhost: {addr}\r\n{auth}\r\n",
-                        n % 64,
-                        (n / 64) % 20
-                    );
-                    client.exchange(request.as_bytes(), 200).await;
-                    done.fetch_add(1, Ordering::Relaxed);
-                    n += clients as u64;
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
-    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+    let (host, auth) = (addr.to_owned(), auth.to_owned());
+    lean_rate(addr, clients, seconds, 200, move |c, n| {
+        // Client c's nth request: the documents of the streams `appends` wrote, in turn.
+        let k = c as u64 + n * clients as u64;
+        format!(
+            "GET /projections/stream-stats/view/stream/account-{}x{} HTTP/1.1\r\nhost: {host}\r\n{auth}\r\n",
+            k % 64,
+            (k / 64) % 20
+        )
+        .into_bytes()
+    })
+    .await
 }
 
 fn main() {

@@ -16,7 +16,7 @@ use projector::log::{AppendRequest, ExpectedRevision, JsonPayload, Log, NewEvent
 use serde_json::{Value, json};
 
 mod support;
-use support::{Lean, Server, env_number, median, selected};
+use support::{Server, env_number, median, selected};
 
 fn settings() -> (Duration, usize) {
     (
@@ -67,34 +67,22 @@ async fn appends(base: &str, clients: usize, batch: u64, seconds: Duration) -> f
 /// The same load as [`appends`] with 1 event per request, from [`Lean`] clients.
 async fn lean_appends(base: &str, clients: usize, seconds: Duration) -> f64 {
     let addr = base.trim_start_matches("http://").to_owned();
-    let done = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..clients)
-        .map(|c| {
-            let (done, addr) = (done.clone(), addr.clone());
-            tokio::spawn(async move {
-                let mut client = Lean::connect(&addr).await;
-                let body = serde_json::to_vec(&[event(c as u64)]).unwrap();
-                let mut n = 0u64;
-                while start.elapsed() < seconds {
-                    let mut request = format!(
-                        "POST /streams/order-{c}x{} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-                        n % 50,
-                        body.len()
-                    )
-                    .into_bytes();
-                    request.extend_from_slice(&body);
-                    client.exchange(&request, 201).await;
-                    done.fetch_add(1, Ordering::Relaxed);
-                    n += 1;
-                }
-            })
-        })
+    let bodies: Vec<Vec<u8>> = (0..clients)
+        .map(|c| serde_json::to_vec(&[event(c as u64)]).unwrap())
         .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
-    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+    let host = addr.clone();
+    support::lean_rate(&addr, clients, seconds, 201, move |c, n| {
+        let body = &bodies[c];
+        let mut request = format!(
+            "POST /streams/order-{c}x{} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            n % 50,
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(body);
+        request
+    })
+    .await
 }
 
 /// Streams a read as NDJSON; returns (events, events per second).

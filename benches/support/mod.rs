@@ -58,6 +58,41 @@ impl Drop for Server {
     }
 }
 
+/// Requests per second of `clients` [`Lean`] clients on `addr`, client `c` sending
+/// `request(c, n)` for its `n`th request (each answered `status`) until `seconds` pass.
+pub async fn lean_rate<F>(
+    addr: &str,
+    clients: usize,
+    seconds: Duration,
+    status: u16,
+    request: F,
+) -> f64
+where
+    F: Fn(usize, u64) -> Vec<u8> + Send + Sync + 'static,
+{
+    let request = std::sync::Arc::new(request);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let start = std::time::Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let (done, addr, request) = (done.clone(), addr.to_owned(), request.clone());
+            tokio::spawn(async move {
+                let mut client = Lean::connect(&addr).await;
+                let mut n = 0u64;
+                while start.elapsed() < seconds {
+                    client.exchange(&request(c, n), status).await;
+                    done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    done.load(std::sync::atomic::Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
 /// A minimal HTTP/1.1 client over one keep-alive connection: a prepared request out, the
 /// response read up to its `Content-Length`. It costs the shared 2 cores far less than a client
 /// library, so a figure shows more of what the server takes when its clients run elsewhere.
