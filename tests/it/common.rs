@@ -336,25 +336,26 @@ pub fn deploy(dir: &Path, files: &[(&str, Vec<u8>)]) {
 /// Sets a failure injection point of the test build (`src/failpoint.rs`): `action` as the
 /// `fail` crate takes it (`return(enospc)`, `panic`, `sleep(2000)`, `1*panic`).
 pub async fn failpoint(client: &reqwest::Client, server: &Server, name: &str, action: &str) {
-    let response = client
-        .put(server.url(&format!("/debug/failpoints/{name}")))
-        .body(action.to_owned())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        response.status(),
-        StatusCode::NO_CONTENT,
-        "failpoint {name}"
-    );
+    change_failpoint(client, server, name, Some(action)).await;
 }
 
 pub async fn clear_failpoint(client: &reqwest::Client, server: &Server, name: &str) {
-    let response = client
-        .delete(server.url(&format!("/debug/failpoints/{name}")))
-        .send()
-        .await
-        .unwrap();
+    change_failpoint(client, server, name, None).await;
+}
+
+/// `PUT` (set to `action`) or `DELETE` (none) `/debug/failpoints/{name}`.
+async fn change_failpoint(
+    client: &reqwest::Client,
+    server: &Server,
+    name: &str,
+    action: Option<&str>,
+) {
+    let url = server.url(&format!("/debug/failpoints/{name}"));
+    let request = match action {
+        Some(action) => client.put(url).body(action.to_owned()),
+        None => client.delete(url),
+    };
+    let response = request.send().await.unwrap();
     assert_eq!(
         response.status(),
         StatusCode::NO_CONTENT,

@@ -87,15 +87,10 @@ async fn a_full_disk_on_append_answers_507_writes_nothing_and_recovers() {
     let server = Server::start(dir.path());
     let client = client();
     let head = orders(&client, &server, 0, 3).await;
+    // An append to a stream no acknowledged append touches.
+    let refused = json!([order_placed(99)]);
     failpoint(&client, &server, "log-commit", "return(enospc)").await;
-    let (status, body) = append(
-        &client,
-        &server,
-        "order-x",
-        None,
-        &json!([order_placed(99)]),
-    )
-    .await;
+    let (status, body) = append(&client, &server, "order-x", None, &refused).await;
     assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE, "{body}");
     assert_eq!(body["error"]["code"], "insufficient_storage");
     let (status, health) = get_json(&client, &server.url("/health")).await;
@@ -107,14 +102,7 @@ async fn a_full_disk_on_append_answers_507_writes_nothing_and_recovers() {
 
     // Any other I/O failure: a 500 naming no detail of the disk, and nothing written.
     failpoint(&client, &server, "log-commit", "return(eio)").await;
-    let (status, body) = append(
-        &client,
-        &server,
-        "order-x",
-        None,
-        &json!([order_placed(99)]),
-    )
-    .await;
+    let (status, body) = append(&client, &server, "order-x", None, &refused).await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
 
     clear_failpoint(&client, &server, "log-commit").await;
