@@ -14,13 +14,13 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use serde::Deserialize;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 use super::error::{ApiError, rejection};
 use super::streams::{parse_source, path_param};
 use super::{AppState, encode};
 use crate::auth::Principal;
-use crate::log::{Direction, LogReader, Source};
+use crate::log::{Direction, LogReader, Position, Source};
 
 /// Events read per redb snapshot while catching up...
 const CATCH_UP_CHUNK: usize = 512;
@@ -104,15 +104,13 @@ pub async fn subscribe(
         why: Some(why_tx),
     };
     // The follower: owned by the runtime, it ends when the client goes away, the server
-    // shuts down, a read fails, or the subscriber falls too far behind. It holds the
-    // subscription's permit.
+    // shuts down (also while it waits on a slow client), the key is revoked, a read fails, or
+    // the subscriber falls too far behind. It holds the subscription's permit, and no `Log`.
+    let (head, mut shutdown) = (state.log.head(), state.shutdown.clone());
+    let (keys, mut revocations) = (state.keys.clone(), state.keys.revocations());
+    let key = principal.map(|Extension(p)| p.key_id.clone());
     tokio::spawn(async move {
         let _permit = permit;
-        // Also while it waits on a slow client: at shutdown it lets go of the log at once.
-        let mut shutdown = state.shutdown.clone();
-        // A subscription opened with a key ends when the key is revoked.
-        let (keys, mut revocations) = (state.keys.clone(), state.keys.revocations());
-        let key = principal.map(|Extension(p)| p.key_id.clone());
         let revoked = async move {
             let Some(key) = key else {
                 return std::future::pending().await;
@@ -125,7 +123,7 @@ pub async fn subscribe(
             std::future::pending().await
         };
         tokio::select! {
-            _ = follow(state, reader, source, start, subscriber) => {}
+            _ = follow(head, reader, source, start, subscriber) => {}
             _ = shutdown.wait_for(|stop| *stop) => {}
             _ = revoked => {}
         }
@@ -238,16 +236,15 @@ fn start_at(
     }
 }
 
-/// Sends events from `cursor` on until the client leaves or the server shuts down.
+/// Sends events from `cursor` on, following `head`, until the client leaves (the caller ends
+/// it at shutdown and on revocation).
 async fn follow(
-    state: AppState,
+    mut head: watch::Receiver<Position>,
     reader: LogReader,
     source: Source,
     mut cursor: u64,
     mut subscriber: Subscriber,
 ) {
-    let mut head = state.log.head();
-    let mut shutdown = state.shutdown.clone();
     loop {
         // Marking the head seen before reading means a commit during the read still wakes us.
         let until = *head.borrow_and_update();
@@ -302,7 +299,6 @@ async fn follow(
         tokio::select! {
             changed = head.changed() => if changed.is_err() { return },
             _ = subscriber.tx.closed() => return,
-            _ = shutdown.wait_for(|stop| *stop) => return,
         }
     }
 }

@@ -180,20 +180,14 @@ impl Writer {
                 self.lengths.abandon_group();
                 let e = e.classify();
                 tracing::error!(error = %e, "log commit failed; the group is refused");
-                let refusal = clone_refusal(&e);
                 if e.is_io() {
-                    self.health.send_replace(match e {
-                        StorageError::DiskFull => LogHealth::DiskFull,
-                        _ => LogHealth::Unavailable {
-                            reason: "a write to the log failed".into(),
-                        },
-                    });
+                    self.failing(&e, "a write to the log failed");
                     // Whatever it rolls back to is what the head and lengths become.
                     let _ = self.reopen();
                 }
                 group
                     .iter()
-                    .map(|_| Err(AppendError::Storage(clone_refusal(&refusal))))
+                    .map(|_| Err(AppendError::Storage(refusal(&e))))
                     .collect()
             }
         }
@@ -247,19 +241,26 @@ impl Writer {
             Err(e) => {
                 let e = e.classify();
                 tracing::error!(error = %e, "reopening the log failed; retrying");
-                self.health.send_replace(match e {
-                    StorageError::DiskFull => LogHealth::DiskFull,
-                    _ => LogHealth::Unavailable {
-                        reason: "the log cannot be opened after a failure".into(),
-                    },
-                });
+                self.failing(&e, "the log cannot be opened after a failure");
                 Err(e)
             }
         }
     }
+
+    /// Health after an I/O failure: a full disk, or the log unavailable for `reason`.
+    fn failing(&self, e: &StorageError, reason: &str) {
+        self.health.send_replace(match e {
+            StorageError::DiskFull => LogHealth::DiskFull,
+            _ => LogHealth::Unavailable {
+                reason: reason.to_owned(),
+            },
+        });
+    }
 }
 
-fn clone_refusal(e: &StorageError) -> StorageError {
+/// What each request of a refused group is told: a full disk and an unavailable log as
+/// themselves, anything else as the failure's text (logged once, above).
+fn refusal(e: &StorageError) -> StorageError {
     match e {
         StorageError::DiskFull => StorageError::DiskFull,
         StorageError::Unavailable => StorageError::Unavailable,
