@@ -45,6 +45,7 @@ fn replay(log_dir: &Path, wasm: &[u8], tokio: &tokio::runtime::Runtime) -> f64 {
         limits: Limits::default(),
         max_batch: DEFAULT_BATCH,
         watch: false,
+        quota: None,
     };
     let start = Instant::now();
     let projections = Projections::start(config, &log, tokio.handle().clone()).unwrap();

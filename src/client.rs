@@ -149,9 +149,44 @@ impl Remote {
             return print_json(&body);
         }
         let mut out = std::io::stdout().lock();
+        writeln!(out, "{:<24} {:>6} {:>16}", "NAME", "LIVE", "VIEW BYTES")?;
         for account in body["accounts"].as_array().into_iter().flatten() {
-            writeln!(out, "{}", account["name"].as_str().unwrap_or_default())?;
+            print_account(&mut out, account)?;
         }
+        Ok(())
+    }
+
+    /// `projector accounts create NAME`
+    pub async fn create_account(
+        &self,
+        name: &str,
+        limits: &crate::account::Limits,
+    ) -> Result<(), ClientError> {
+        let body = serde_json::json!({ "name": name, "limits": limits });
+        let account = self
+            .call(Method::POST, "/admin/accounts", Some(body))
+            .await?;
+        if self.json {
+            return print_json(&account);
+        }
+        print_account(&mut std::io::stdout().lock(), &account)?;
+        Ok(())
+    }
+
+    /// `projector accounts limits NAME`
+    pub async fn set_limits(
+        &self,
+        name: &str,
+        limits: &crate::account::Limits,
+    ) -> Result<(), ClientError> {
+        let path = format!("/admin/accounts/{name}/limits");
+        let account = self
+            .call(Method::PUT, &path, Some(serde_json::json!(limits)))
+            .await?;
+        if self.json {
+            return print_json(&account);
+        }
+        print_account(&mut std::io::stdout().lock(), &account)?;
         Ok(())
     }
 
@@ -472,4 +507,19 @@ pub fn print_key(key: &Value, json: bool) -> Result<(), ClientError> {
         key["account"].as_str().unwrap_or_default()
     )?;
     Ok(())
+}
+
+fn print_account(out: &mut impl Write, account: &Value) -> std::io::Result<()> {
+    let limits = &account["limits"];
+    let view_bytes = match limits["view_bytes"].as_u64() {
+        Some(n) => n.to_string(),
+        None => "unlimited".to_owned(),
+    };
+    writeln!(
+        out,
+        "{:<24} {:>6} {:>16}",
+        account["name"].as_str().unwrap_or_default(),
+        limits["live_subscriptions"],
+        view_bytes
+    )
 }

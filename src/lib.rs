@@ -2,7 +2,8 @@
 //!
 //! Modules follow the data flow: [`log`] stores events, [`scheduler`] runs the projections
 //! ([`runtime`]) over them into [`views`], [`http`] serves all of it, and [`server`] wires the
-//! parts into the running process. [`client`] is the operator's side of the HTTP API.
+//! parts into the running process, one set of projections per [`account`] ([`tenants`]).
+//! [`client`] is the operator's side of the HTTP API.
 
 /// `From` each of redb's error types (through `redb::Error`) into `$error::Redb`: every
 /// module that talks to redb keeps one typed variant for it.
@@ -16,6 +17,7 @@ macro_rules! from_redb {
     )*};
 }
 
+pub mod account;
 pub mod auth;
 pub mod client;
 pub mod failpoint;
@@ -25,6 +27,7 @@ mod reopen;
 pub mod runtime;
 pub mod scheduler;
 pub mod server;
+pub mod tenants;
 pub mod views;
 
 /// The message a panic carried, for a fault or a log line.

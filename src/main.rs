@@ -211,10 +211,46 @@ enum KeysCommand {
 
 #[derive(Subcommand)]
 enum AccountsCommand {
+    /// List the accounts and their limits.
     List {
         #[command(flatten)]
         remote: RemoteArgs,
     },
+    /// Create an account: a tenant with its own streams, projections and views.
+    Create {
+        name: String,
+        #[command(flatten)]
+        limits: LimitArgs,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Replace an account's limits (a limit left out takes its default).
+    Limits {
+        name: String,
+        #[command(flatten)]
+        limits: LimitArgs,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct LimitArgs {
+    /// Live subscriptions the account may hold at once.
+    #[arg(long, default_value_t = projector::account::DEFAULT_LIVE_SUBSCRIPTIONS)]
+    live_subscriptions: u32,
+    /// Bytes of view storage the account's projections may take together (default: no limit).
+    #[arg(long)]
+    view_bytes: Option<u64>,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> projector::account::Limits {
+        projector::account::Limits {
+            live_subscriptions: self.live_subscriptions,
+            view_bytes: self.view_bytes,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -353,9 +389,24 @@ async fn run() -> anyhow::Result<()> {
             remote,
         } => remote.remote()?.read(&stream, from, follow).await?,
         Command::Keys { command } => keys(command).await?,
-        Command::Accounts {
-            command: AccountsCommand::List { remote },
-        } => remote.remote()?.list_accounts().await?,
+        Command::Accounts { command } => match command {
+            AccountsCommand::List { remote } => remote.remote()?.list_accounts().await?,
+            AccountsCommand::Create {
+                name,
+                limits,
+                remote,
+            } => {
+                remote
+                    .remote()?
+                    .create_account(&name, &limits.limits())
+                    .await?
+            }
+            AccountsCommand::Limits {
+                name,
+                limits,
+                remote,
+            } => remote.remote()?.set_limits(&name, &limits.limits()).await?,
+        },
     }
     Ok(())
 }

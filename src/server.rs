@@ -16,7 +16,8 @@ use crate::auth::{AuthMode, KeyStore, NewKey, Scope};
 use crate::http::{self, AppState};
 use crate::log::{Log, StorageError};
 use crate::runtime::Limits;
-use crate::scheduler::{Projections, SchedulerConfig, SchedulerError};
+use crate::runtime::{EngineError, Runtime};
+use crate::tenants::{Layout, TenantConfig, TenantError, Tenants};
 
 /// The example projections, built from `projections/` to components by the build script.
 const EXAMPLES: &[(&str, &[u8])] = &[
@@ -38,7 +39,8 @@ const EXAMPLES: &[(&str, &[u8])] = &[
 ];
 
 pub struct ServeConfig {
-    /// Directory holding `log.redb` (created when missing).
+    /// Directory holding `log.redb`, `auth.redb`, views and the compile cache (created when
+    /// missing).
     pub data: PathBuf,
     /// The folder projections are deployed into (created when missing).
     pub projections: PathBuf,
@@ -79,7 +81,9 @@ pub enum ServeError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Scheduler(#[from] SchedulerError),
+    Tenant(#[from] TenantError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
     #[error("a start-up task failed: {0}")]
@@ -102,24 +106,30 @@ pub async fn serve(
     let (log, writer) = tokio::task::spawn_blocking(move || Log::open(&data)).await??;
     let head = *log.head().borrow();
     tracing::info!(data = %config.data.display(), head, "log opened");
-    let scheduler = SchedulerConfig {
-        projections: config.projections.clone(),
-        views: config.data.join("views"),
-        cache: config.data.join("cache"),
-        workers: config.workers,
-        limits: config.limits.clone(),
-        max_batch: crate::scheduler::DEFAULT_BATCH,
-        watch: true,
-    };
-    let (handle, reading) = (tokio::runtime::Handle::current(), log.clone());
-    let projections = Arc::new(
-        tokio::task::spawn_blocking(move || Projections::start(scheduler, &reading, handle))
-            .await??,
-    );
-
     let keys = {
         let data = config.data.clone();
         tokio::task::spawn_blocking(move || KeyStore::open(&data)).await??
+    };
+    let layout = Layout {
+        data: config.data.clone(),
+        projections: config.projections.clone(),
+    };
+    let tenants = {
+        let (workers, limits) = (config.workers, config.limits.clone());
+        let (log, accounts) = (log.clone(), keys.accounts());
+        let tokio = tokio::runtime::Handle::current();
+        let start = move || -> Result<Tenants, ServeError> {
+            let runtime = Arc::new(Runtime::new(&layout.cache(), limits)?);
+            let config = TenantConfig {
+                layout,
+                workers,
+                runtime,
+                max_batch: crate::scheduler::DEFAULT_BATCH,
+                tokio,
+            };
+            Ok(Tenants::start(&log, &accounts, config)?)
+        };
+        Arc::new(tokio::task::spawn_blocking(start).await??)
     };
     println!("auth: {}", config.auth);
     if config.auth == AuthMode::Keys && keys.is_empty() {
@@ -138,7 +148,7 @@ pub async fn serve(
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let app = http::router(AppState {
         log,
-        projections: projections.clone(),
+        tenants: tenants.clone(),
         shutdown: shutdown_rx.clone(),
         sse_keep_alive: config.sse_keep_alive,
         streams: Arc::new(tokio::sync::Semaphore::new(config.http.max_streams)),
@@ -157,7 +167,7 @@ pub async fn serve(
     http::serve::serve(listener, app, config.http.serve.clone(), shutdown_rx).await;
     // The router is gone. Stop the projections (their views' checkpoints made durable), then
     // the writer: with every log handle dropped it commits what is queued and stops.
-    tokio::task::spawn_blocking(move || projections.shutdown()).await?;
+    tokio::task::spawn_blocking(move || tenants.shutdown()).await?;
     tokio::task::spawn_blocking(move || writer.join()).await?;
     tracing::info!("stopped");
     Ok(())

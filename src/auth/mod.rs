@@ -2,9 +2,8 @@
 //! (`Authorization: Bearer pk_<id>_<secret>`) that belongs to an account and holds scopes;
 //! `http::auth` checks it against the scope each route needs. Keys live in the key store
 //! (`store.rs`); tokens are minted and checked in `token.rs`.
-//!
-//! Accounts as tenants of their own (each with its own streams, projections and views) are
-//! the second part of this work and not built yet: today there is one account, `root`.
+//! The store keeps the accounts too (`crate::account`): a key belongs to one, and a
+//! request acts as its key's account only.
 
 mod store;
 mod token;
@@ -14,7 +13,7 @@ use serde::{Deserialize, Serialize};
 pub use store::{AUTH_FILE, KeyInfo, KeyStore, NewKey, StoreError};
 
 /// The account that administers the server; only its keys may hold `admin`.
-pub const ROOT: &str = "root";
+pub const ROOT: &str = crate::account::DEFAULT;
 
 /// Whether requests must carry a key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

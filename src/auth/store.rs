@@ -1,7 +1,7 @@
 //! The key store: accounts and their API keys in `<data>/auth.redb`, with every key held in
 //! memory too, so that checking a request's token takes no lock and no I/O.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -14,8 +14,11 @@ use tokio::sync::watch;
 
 use super::token;
 use super::{AuthError, Principal, ROOT, Scope};
+use crate::account::{Account, Limits};
 
 const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
+/// Account name → `Account` (JSON).
+const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("accounts");
 
 /// The file, in the data directory.
 pub const AUTH_FILE: &str = "auth.redb";
@@ -26,6 +29,10 @@ pub enum StoreError {
     Redb(#[from] redb::Error),
     #[error("no account named {0:?}")]
     UnknownAccount(String),
+    #[error("an account named {0:?} exists already")]
+    AccountExists(String),
+    #[error("an account name is 1 to 64 of a-z, 0-9, - and _")]
+    InvalidAccountName,
     #[error("only keys of the root account may hold the admin scope")]
     AdminOutsideRoot,
     #[error("a key needs at least one scope")]
@@ -107,9 +114,12 @@ impl LiveKey {
 
 pub struct KeyStore {
     db: Database,
+    /// Every account by name, replaced whole by each change; read without a lock.
+    accounts: ArcSwap<BTreeMap<String, Account>>,
     /// Every key by id, replaced whole by each change; read without a lock.
     keys: ArcSwap<HashMap<String, Arc<LiveKey>>>,
-    /// Held by a change (create, revoke) across its write: one at a time. Taken alone.
+    /// Held by a change (of a key or an account) across its write: one at a time. Taken
+    /// alone.
     writing: Mutex<()>,
     /// Bumped by each revocation, so that open live subscriptions check their key again.
     revocations: watch::Sender<u64>,
@@ -121,10 +131,28 @@ impl KeyStore {
         let db = Database::create(dir.join(AUTH_FILE))?;
         let txn = db.begin_write()?;
         txn.open_table(KEYS)?;
+        {
+            // The default account exists from the start (and in data made before accounts).
+            let mut accounts = txn.open_table(ACCOUNTS)?;
+            if accounts.get(ROOT)?.is_none() {
+                let root = Account {
+                    name: ROOT.to_owned(),
+                    created_at: 0,
+                    limits: Limits::default(),
+                };
+                accounts.insert(ROOT, serde_json::to_vec(&root)?.as_slice())?;
+            }
+        }
         txn.commit()?;
         let mut keys = HashMap::new();
+        let mut accounts = BTreeMap::new();
         {
             let txn = db.begin_read()?;
+            for item in txn.open_table(ACCOUNTS)?.iter()? {
+                let (name, account) = item?;
+                let account: Account = serde_json::from_slice(account.value())?;
+                accounts.insert(name.value().to_owned(), account);
+            }
             for item in txn.open_table(KEYS)?.iter()? {
                 let (id, record) = item?;
                 let record: KeyRecord = serde_json::from_slice(record.value())?;
@@ -133,6 +161,7 @@ impl KeyStore {
         }
         Ok(Arc::new(KeyStore {
             db,
+            accounts: ArcSwap::from_pointee(accounts),
             keys: ArcSwap::from_pointee(keys),
             writing: Mutex::new(()),
             revocations: watch::Sender::new(0),
@@ -144,16 +173,61 @@ impl KeyStore {
         self.keys.load().is_empty()
     }
 
-    /// The accounts. Until accounts are tenants of their own (issue 12's second part), there
-    /// is one: `root`.
-    pub fn accounts(&self) -> Vec<String> {
-        vec![ROOT.to_owned()]
+    /// Every account, by name.
+    pub fn accounts(&self) -> Vec<Account> {
+        self.accounts.load().values().cloned().collect()
+    }
+
+    pub fn account(&self, name: &str) -> Option<Account> {
+        self.accounts.load().get(name).cloned()
+    }
+
+    /// Creates an account. Blocking: it commits.
+    pub fn create_account(&self, name: &str, limits: Limits) -> Result<Account, StoreError> {
+        if !crate::account::valid_name(name) {
+            return Err(StoreError::InvalidAccountName);
+        }
+        let _writing = self.writing.lock();
+        if self.accounts.load().contains_key(name) {
+            return Err(StoreError::AccountExists(name.to_owned()));
+        }
+        let account = Account {
+            name: name.to_owned(),
+            created_at: now_secs(),
+            limits,
+        };
+        self.write_account(&account)?;
+        Ok(account)
+    }
+
+    /// Replaces an account's limits. Blocking: it commits.
+    pub fn set_limits(&self, name: &str, limits: Limits) -> Result<Account, StoreError> {
+        let _writing = self.writing.lock();
+        let mut account = self
+            .account(name)
+            .ok_or_else(|| StoreError::UnknownAccount(name.to_owned()))?;
+        account.limits = limits;
+        self.write_account(&account)?;
+        Ok(account)
+    }
+
+    /// Stores `account`; the caller holds `writing`.
+    fn write_account(&self, account: &Account) -> Result<(), StoreError> {
+        let encoded = serde_json::to_vec(account)?;
+        let txn = self.db.begin_write()?;
+        txn.open_table(ACCOUNTS)?
+            .insert(account.name.as_str(), encoded.as_slice())?;
+        txn.commit()?;
+        let mut accounts = BTreeMap::clone(&self.accounts.load());
+        accounts.insert(account.name.clone(), account.clone());
+        self.accounts.store(Arc::new(accounts));
+        Ok(())
     }
 
     /// Creates a key and returns it with its token, which is not stored and never shown
     /// again. Blocking: it commits.
     pub fn create(&self, new: &NewKey) -> Result<(KeyInfo, String), StoreError> {
-        if !self.accounts().contains(&new.account) {
+        if !self.accounts.load().contains_key(&new.account) {
             return Err(StoreError::UnknownAccount(new.account.clone()));
         }
         if new.scopes.is_empty() {

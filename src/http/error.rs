@@ -40,6 +40,14 @@ impl ApiError {
         }
     }
 
+    /// 429 with `Retry-After`: the account's limit on something it holds is reached.
+    pub fn too_many(code: &'static str, message: impl Into<String>, retry_after: u64) -> Self {
+        Self {
+            retry_after: Some(retry_after),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, code, message)
+        }
+    }
+
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }

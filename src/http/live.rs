@@ -18,6 +18,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 use super::error::{ApiError, rejection};
 use super::streams::{parse_source, path_param};
+use super::tenant::Tenant;
 use super::{AppState, encode};
 use crate::auth::Principal;
 use crate::log::{Direction, LogReader, Position, Source};
@@ -55,6 +56,7 @@ pub struct LiveParams {
 /// appended after the subscription starts.
 pub async fn subscribe(
     State(state): State<AppState>,
+    Tenant(tenant): Tenant,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<LiveParams>, QueryRejection>,
     principal: Option<Extension<Arc<Principal>>>,
@@ -65,6 +67,16 @@ pub async fn subscribe(
         ApiError::busy(
             "too_many_subscriptions",
             "the server holds as many live subscriptions as it takes; retry shortly",
+        )
+    })?;
+    let slot = tenant.live_slot().ok_or_else(|| {
+        ApiError::too_many(
+            "too_many_live_subscriptions",
+            format!(
+                "this account holds its limit of {} live subscriptions; close one or retry later",
+                tenant.limits().live_subscriptions
+            ),
+            1,
         )
     })?;
     let Query(params) = query.map_err(|r| rejection("invalid_query", r))?;
@@ -83,8 +95,8 @@ pub async fn subscribe(
                 })?,
         ),
     };
-    let reader = state.log.reader().clone();
-    let head = *state.log.head().borrow();
+    let reader = tenant.log.reader().clone();
+    let head = *tenant.log.head().borrow();
     let start = {
         let (reader, source) = (reader.clone(), source.clone());
         tokio::task::spawn_blocking(move || {
@@ -106,11 +118,11 @@ pub async fn subscribe(
     // The follower: owned by the runtime, it ends when the client goes away, the server
     // shuts down (also while it waits on a slow client), the key is revoked, a read fails, or
     // the subscriber falls too far behind. It holds the subscription's permit, and no `Log`.
-    let (head, mut shutdown) = (state.log.head(), state.shutdown.clone());
+    let (head, mut shutdown) = (tenant.log.head(), state.shutdown.clone());
     let (keys, mut revocations) = (state.keys.clone(), state.keys.revocations());
     let key = principal.map(|Extension(p)| p.key_id.clone());
     tokio::spawn(async move {
-        let _permit = permit;
+        let _permits = (permit, slot);
         let revoked = async move {
             let Some(key) = key else {
                 return std::future::pending().await;

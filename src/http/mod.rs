@@ -14,6 +14,7 @@ pub mod live;
 mod projections;
 pub mod serve;
 mod streams;
+mod tenant;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,7 +34,7 @@ pub use streams::NDJSON;
 
 use crate::auth::{AuthMode, KeyStore, Scope};
 use crate::log::{Log, LogHealth};
-use crate::scheduler::Projections;
+use crate::tenants::Tenants;
 
 /// Largest request body. An append of `MAX_EVENTS_PER_APPEND` small events fits; a larger
 /// body is refused with 413 before it is buffered.
@@ -41,15 +42,19 @@ pub const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 
 #[derive(Clone)]
 pub struct AppState {
+    /// The default account's log: for `/health` (the writer's health is the whole log's).
     pub log: Log,
-    pub projections: Arc<Projections>,
+    /// Every account's log, projections and limits; a handler reaches its request's through
+    /// the [`tenant::Tenant`] extractor.
+    pub tenants: Arc<Tenants>,
     /// Turns true when the server shuts down, which ends live subscriptions.
     pub shutdown: watch::Receiver<bool>,
     /// How often an idle live subscription sends an SSE comment, so proxies keep it open.
     pub sse_keep_alive: Duration,
     /// One permit per NDJSON read streaming: a read without one gets a 503.
     pub streams: Arc<tokio::sync::Semaphore>,
-    /// One permit per live subscription.
+    /// One permit per live subscription, all accounts together (each account has its own
+    /// limit besides).
     pub live: Arc<tokio::sync::Semaphore>,
     /// Bytes queued for live subscribers, all together.
     pub live_bytes: live::LiveBudget,
@@ -188,6 +193,18 @@ fn routes_with_handlers() -> Vec<(Route, MethodRouter<AppState>)> {
             get(admin::accounts),
         ),
         route(
+            Method::POST,
+            "/admin/accounts",
+            Needs(Admin),
+            post(admin::create_account),
+        ),
+        route(
+            Method::PUT,
+            "/admin/accounts/{name}/limits",
+            Needs(Admin),
+            put(admin::set_limits),
+        ),
+        route(
             Method::GET,
             "/admin/keys",
             Needs(Admin),
@@ -235,7 +252,7 @@ pub fn router(state: AppState) -> Router {
 
 /// A `POST` route for an operator's action on a projection.
 fn control(action: Action) -> MethodRouter<AppState> {
-    post(move |State(state): State<AppState>, path| projections::control(state, path, action))
+    post(move |tenant: tenant::Tenant, path| projections::control(tenant, path, action))
 }
 
 /// `GET /health`: 200 `{"status": "ok", "head"}` while the log takes appends; 503 with

@@ -2,19 +2,18 @@
 //! wait (`wait_for=<position>`) until the projection has applied a position: read-your-writes
 //! after an append.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::AppState;
 use super::error::{ApiError, rejection};
+use super::tenant::Tenant;
 use crate::log::Position;
 use crate::runtime::VersionHash;
 use crate::scheduler::{ControlError, Projections, valid_name};
@@ -26,18 +25,18 @@ const DEFAULT_WAIT: Duration = Duration::from_secs(5);
 const MAX_WAIT: Duration = Duration::from_secs(30);
 
 /// `GET /projections`
-pub async fn list(State(state): State<AppState>) -> impl IntoResponse {
-    let all = state.projections.statuses();
+pub async fn list(Tenant(tenant): Tenant) -> impl IntoResponse {
+    let all = tenant.projections.statuses();
     axum::Json(serde_json::json!({ "projections": all }))
 }
 
 /// `GET /projections/{name}`
 pub async fn status(
-    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path(name) = path.map_err(|r| rejection("invalid_path", r))?;
-    let status = state
+    let status = tenant
         .projections
         .status(&name)
         .ok_or_else(|| unknown(&name))?;
@@ -47,7 +46,7 @@ pub async fn status(
 /// `PUT /projections/{name}` with a `.wasm` body: deploys it through the projections folder
 /// (202; the status shows the new version once the watcher has loaded it).
 pub async fn put(
-    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
     path: Result<Path<String>, PathRejection>,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -67,11 +66,15 @@ pub async fn put(
         ));
     }
     let version = VersionHash::of(&body).to_string();
-    let projections = state.projections.clone();
     let target = name.clone();
-    tokio::task::spawn_blocking(move || projections.write_file(&target, &body))
-        .await?
-        .map_err(ApiError::internal)?;
+    tokio::task::spawn_blocking(move || {
+        within_quota(&tenant)?;
+        tenant
+            .projections
+            .write_file(&target, &body)
+            .map_err(ApiError::internal)
+    })
+    .await??;
     Ok((
         StatusCode::ACCEPTED,
         axum::Json(serde_json::json!({ "name": name, "version": version })),
@@ -82,14 +85,14 @@ pub async fn put(
 /// `DELETE /projections/{name}`: removes the projection's file from the folder (202); the
 /// watcher then stops it and deletes its storage.
 pub async fn remove(
-    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path(name) = path.map_err(|r| rejection("invalid_path", r))?;
     if !valid_name(&name) {
         return Err(unknown(&name));
     }
-    let projections = state.projections.clone();
+    let projections = tenant.projections.clone();
     let target = name.clone();
     let removed = tokio::task::spawn_blocking(move || projections.remove_file(&target)).await?;
     match removed {
@@ -116,24 +119,29 @@ pub enum Action {
 /// `POST /projections/{name}/{rebuild,pause,resume,retry,skip}`: the status after the action
 /// (202 for a rebuild, which runs on).
 pub async fn control(
-    state: AppState,
+    Tenant(tenant): Tenant,
     path: Result<Path<String>, PathRejection>,
     action: Action,
 ) -> Result<Response, ApiError> {
     let Path(name) = path.map_err(|r| rejection("invalid_path", r))?;
-    let projections = state.projections.clone();
-    let target = name.clone();
+    let (projections, target) = (tenant.projections.clone(), name.clone());
+    let quota = tenant.clone();
     // Blocking: a rebuild may compile, a skip commits.
-    tokio::task::spawn_blocking(move || match action {
-        Action::Rebuild => projections.rebuild(&target),
-        Action::Pause => projections.pause(&target),
-        Action::Resume => projections.resume(&target),
-        Action::Retry => projections.retry(&target),
-        Action::Skip => projections.skip(&target),
+    tokio::task::spawn_blocking(move || {
+        let done = match action {
+            Action::Rebuild => {
+                within_quota(&quota)?;
+                projections.rebuild(&target)
+            }
+            Action::Pause => projections.pause(&target),
+            Action::Resume => projections.resume(&target),
+            Action::Retry => projections.retry(&target),
+            Action::Skip => projections.skip(&target),
+        };
+        done.map_err(refused)
     })
-    .await?
-    .map_err(refused)?;
-    let status = state
+    .await??;
+    let status = tenant
         .projections
         .status(&name)
         .ok_or_else(|| unknown(&name))?;
@@ -142,6 +150,19 @@ pub async fn control(
         _ => StatusCode::OK,
     };
     Ok((code, axum::Json(status)).into_response())
+}
+
+/// 429 when the account's views are at their storage limit: a deploy or a rebuild would
+/// only add to them. Blocking (it may measure the views).
+fn within_quota(tenant: &crate::tenants::Tenant) -> Result<(), ApiError> {
+    match tenant.quota.exceeded() {
+        None => Ok(()),
+        Some(over) => Err(ApiError::too_many(
+            "view_storage_limit",
+            format!("{over}; remove projections or ask for a higher limit"),
+            60,
+        )),
+    }
 }
 
 fn refused(error: ControlError) -> ApiError {
@@ -166,13 +187,13 @@ pub struct WaitParams {
 
 /// `GET /projections/{name}/view/{key}`: the document, as stored.
 pub async fn document(
-    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
     path: Result<Path<(String, String)>, PathRejection>,
     query: Result<Query<WaitParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Path((name, key)) = path.map_err(|r| rejection("invalid_path", r))?;
     let Query(wait) = query.map_err(|r| rejection("invalid_query", r))?;
-    let view = ready_view(&state.projections, &name, &wait).await?;
+    let view = ready_view(&tenant.projections, &name, &wait).await?;
     let lookup = key.clone();
     let found = tokio::task::spawn_blocking(move || view.get(&lookup)).await??;
     match found {
@@ -205,7 +226,7 @@ pub struct PageParams {
 
 /// `GET /projections/{name}/view?prefix=&after=&limit=`: documents in key order.
 pub async fn page(
-    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<PageParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -222,7 +243,7 @@ pub async fn page(
         wait_for: params.wait_for,
         timeout_ms: params.timeout_ms,
     };
-    let view = ready_view(&state.projections, &name, &wait).await?;
+    let view = ready_view(&tenant.projections, &name, &wait).await?;
     let (prefix, after) = (params.prefix.clone(), params.after);
     let (documents, position) = tokio::task::spawn_blocking(move || {
         // One more than the page shows whether a next page exists.
@@ -264,7 +285,7 @@ pub async fn page(
 }
 
 async fn ready_view(
-    projections: &Arc<Projections>,
+    projections: &Projections,
     name: &str,
     wait: &WaitParams,
 ) -> Result<ViewStore, ApiError> {

@@ -13,6 +13,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use uuid::Uuid;
 
 use super::error::{ApiError, rejection};
+use super::tenant::Tenant;
 use super::{AppState, encode};
 use crate::log::{
     AppendOutcome, AppendRequest, Direction, ExpectedRevision, JsonPayload, LogReader, NewEvent,
@@ -93,7 +94,7 @@ struct EventBody<'a> {
 /// `POST /streams/{stream}`: a JSON array of `{type, data, metadata?, id?}`.
 /// 201 when written, 200 when the same batch had been appended before (a retry).
 pub async fn append(
-    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<AppendParams>, QueryRejection>,
     headers: HeaderMap,
@@ -136,7 +137,7 @@ pub async fn append(
         .collect::<Result<Vec<_>, _>>()?;
     let count = events.len() as u64;
     let request = AppendRequest::new(stream.clone(), expected, events)?;
-    let outcome = state.log.append(request).await?;
+    let outcome = tenant.log.append(request).await?;
     let status = if outcome.deduplicated {
         StatusCode::OK
     } else {
@@ -200,6 +201,7 @@ pub struct ReadParams {
 /// every event from `from` up to the head as the request arrived, one per line.
 pub async fn read(
     State(state): State<AppState>,
+    Tenant(tenant): Tenant,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<ReadParams>, QueryRejection>,
     headers: HeaderMap,
@@ -213,9 +215,9 @@ pub async fn read(
             "limit must be at least 1",
         ));
     }
-    let until = *state.log.head().borrow();
+    let until = *tenant.log.head().borrow();
     if wants_ndjson(&headers) {
-        return ndjson(state, &name, source, params, until).await;
+        return ndjson(state, &tenant, &name, source, params, until).await;
     }
     let limit = params.limit.unwrap_or(DEFAULT_PAGE);
     if limit > MAX_PAGE {
@@ -224,7 +226,7 @@ pub async fn read(
             format!("limit {limit} is over {MAX_PAGE}; read with Accept: {NDJSON} to stream more"),
         ));
     }
-    let reader = state.log.reader().clone();
+    let reader = tenant.log.reader().clone();
     let direction = params.direction;
     let (source, events) = tokio::task::spawn_blocking(move || {
         // One more than the page shows whether a next page exists, and where it starts; the
@@ -285,6 +287,7 @@ fn not_found(name: &str) -> ApiError {
 
 async fn ndjson(
     state: AppState,
+    tenant: &crate::tenants::Tenant,
     name: &str,
     source: Source,
     params: ReadParams,
@@ -296,7 +299,7 @@ async fn ndjson(
             "the server streams as many NDJSON reads as it takes at once; retry shortly",
         )
     })?;
-    let reader = state.log.reader().clone();
+    let reader = tenant.log.reader().clone();
     let direction = params.direction;
     let remaining = params.limit.unwrap_or(usize::MAX);
     let first_chunk = chunk(&reader, &source, params.from, direction, remaining, until).await?;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwapOption;
 
 use super::error::StorageError;
-use super::store::{FlushPolicy, Store, StreamLengths};
+use super::store::{FlushPolicy, Lengths, Store};
 
 /// The log's database, swapped for a fresh handle after an I/O failure.
 pub struct LogFiles {
@@ -23,10 +23,7 @@ pub struct LogFiles {
 }
 
 impl LogFiles {
-    pub fn open(
-        path: &Path,
-        policy: FlushPolicy,
-    ) -> Result<(Arc<Self>, StreamLengths), StorageError> {
+    pub fn open(path: &Path, policy: FlushPolicy) -> Result<(Arc<Self>, Lengths), StorageError> {
         let (store, lengths) = Store::open(path, policy)?;
         let files = LogFiles {
             path: path.to_owned(),
@@ -48,7 +45,7 @@ impl LogFiles {
 
     /// Closes the current handle (once the reads under way on it end) and opens the file
     /// again, which rolls it back to its last commit. The caller must hold no handle.
-    pub fn reopen(&self) -> Result<(Arc<Store>, StreamLengths), StorageError> {
+    pub fn reopen(&self) -> Result<(Arc<Store>, Lengths), StorageError> {
         crate::reopen::take_and_drain(&self.store);
         crate::failpoint::failpoint!("log-reopen", |arg| Err(StorageError::io(
             crate::failpoint::io_error(arg)

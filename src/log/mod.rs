@@ -38,17 +38,26 @@ use files::LogFiles;
 /// The name of the log's database file inside the data directory.
 pub const LOG_FILE: &str = "log.redb";
 
-/// A handle to the log; cheap to clone and share between tasks.
+/// A handle to one account's part of the log; cheap to clone and share between tasks. Every
+/// account's handle shares the one writer (so a group commit spans accounts) and the one file.
 #[derive(Clone)]
 pub struct Log {
+    account: Arc<str>,
+    shared: Arc<Shared>,
+    head: watch::Receiver<Position>,
+    reader: LogReader,
+}
+
+/// What every account's handle shares.
+struct Shared {
     jobs: mpsc::Sender<writer::Job>,
     /// The writer queue's byte budget, in KiB: an append holds its size in permits from
     /// before it is queued until it is answered, so queued requests hold at most
     /// [`QUEUE_BYTES`] (an append larger than the budget waits until it is alone).
-    queue_bytes: Arc<tokio::sync::Semaphore>,
-    head: watch::Receiver<Position>,
+    queue_bytes: tokio::sync::Semaphore,
     health: watch::Receiver<LogHealth>,
-    reader: LogReader,
+    files: Arc<LogFiles>,
+    heads: Arc<writer::Heads>,
 }
 
 /// Bytes of append requests queued for the writer or being committed, at most.
@@ -83,7 +92,8 @@ impl WriterHandle {
 }
 
 impl Log {
-    /// Opens (or creates) the log in `dir` and starts its writer thread.
+    /// Opens (or creates) the log in `dir` and starts its writer thread. The handle is the
+    /// default account's ([`crate::account::DEFAULT`]); [`Log::account`] gives the others.
     pub fn open(dir: &Path) -> Result<(Self, WriterHandle), StorageError> {
         Self::open_with(dir, FlushPolicy::default())
     }
@@ -98,36 +108,69 @@ impl Log {
             source,
         })?;
         let (files, lengths) = LogFiles::open(&dir.join(LOG_FILE), policy)?;
-        let (head_tx, head_rx) = watch::channel(files.current()?.head()?);
         let (health_tx, health_rx) = watch::channel(LogHealth::Ok);
         let (jobs_tx, jobs_rx) = mpsc::channel(writer::QUEUE_CAPACITY);
-        let thread = writer::spawn(files.clone(), lengths, jobs_rx, head_tx, health_tx).map_err(
-            |source| StorageError::Open {
+        let heads = Arc::new(writer::Heads::default());
+        let thread = writer::spawn(files.clone(), lengths, jobs_rx, heads.clone(), health_tx)
+            .map_err(|source| StorageError::Open {
                 path: "log writer thread".into(),
                 source,
-            },
-        )?;
-        let log = Self {
+            })?;
+        let shared = Arc::new(Shared {
             jobs: jobs_tx,
-            queue_bytes: Arc::new(tokio::sync::Semaphore::new(QUEUE_BYTES / 1024)),
-            head: head_rx,
+            queue_bytes: tokio::sync::Semaphore::new(QUEUE_BYTES / 1024),
             health: health_rx,
-            reader: LogReader { files },
-        };
+            files,
+            heads,
+        });
+        let log = Self::handle(&shared, crate::account::DEFAULT)?;
         Ok((log, WriterHandle(thread)))
+    }
+
+    /// The handle of `account`'s part of the log, created (its tables committed) the first
+    /// time. Blocking: it may wait for the writer's transaction.
+    pub fn account(&self, account: &str) -> Result<Log, StorageError> {
+        Self::handle(&self.shared, account)
+    }
+
+    fn handle(shared: &Arc<Shared>, account: &str) -> Result<Log, StorageError> {
+        let store = shared.files.current()?;
+        let partition = store.partition(account)?;
+        let head = store.head(&partition)?;
+        let account: Arc<str> = account.into();
+        Ok(Log {
+            head: shared.heads.sender(&account, head).subscribe(),
+            reader: LogReader {
+                files: shared.files.clone(),
+                account: account.clone(),
+            },
+            account,
+            shared: shared.clone(),
+        })
+    }
+
+    /// The account this handle appends to and reads.
+    pub fn account_name(&self) -> &str {
+        &self.account
     }
 
     /// Appends a batch to one stream; resolves once it is durable (or refused).
     pub async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, AppendError> {
         let kib = (request.bytes() / 1024).clamp(1, QUEUE_BYTES / 1024) as u32;
         let _queued = self
+            .shared
             .queue_bytes
             .acquire_many(kib)
             .await
             .map_err(|_| self.closed())?;
         let (reply, answer) = oneshot::channel();
-        self.jobs
-            .send(writer::Job { request, reply })
+        self.shared
+            .jobs
+            .send(writer::Job {
+                account: self.account.clone(),
+                request,
+                reply,
+            })
             .await
             .map_err(|_| self.closed())?;
         answer.await.map_err(|_| self.closed())?
@@ -135,18 +178,19 @@ impl Log {
 
     /// Why the writer took no more work: shut down, or failed.
     fn closed(&self) -> AppendError {
-        match &*self.health.borrow() {
+        match &*self.shared.health.borrow() {
             LogHealth::Failed { reason } => AppendError::WriterFailed(reason.clone()),
             _ => AppendError::Closed,
         }
     }
 
-    /// Whether appends are taken.
+    /// Whether appends are taken (the whole log's, not one account's).
     pub fn health(&self) -> LogHealth {
-        self.health.borrow().clone()
+        self.shared.health.borrow().clone()
     }
 
-    /// The position of the last durable event; changes after every commit.
+    /// The position of the account's last durable event; changes after every commit that
+    /// appends to it.
     pub fn head(&self) -> watch::Receiver<Position> {
         self.head.clone()
     }
@@ -160,6 +204,7 @@ impl Log {
 #[derive(Clone)]
 pub struct LogReader {
     files: Arc<LogFiles>,
+    account: Arc<str>,
 }
 
 impl LogReader {
@@ -189,9 +234,16 @@ impl LogReader {
         until: Position,
         max_bytes: usize,
     ) -> Result<Option<Vec<RecordedEvent>>, StorageError> {
-        self.files
-            .current()?
-            .read(source, from, direction, (limit, max_bytes), until)
+        let store = self.files.current()?;
+        let partition = self.partition(&store)?;
+        store.read(
+            &partition,
+            source,
+            from,
+            direction,
+            (limit, max_bytes),
+            until,
+        )
     }
 
     /// Up to `limit` events of `source` with positions after `after` and up to `until`, in
@@ -208,8 +260,9 @@ impl LogReader {
         until: Position,
     ) -> Result<Vec<RecordedEvent>, StorageError> {
         let store = self.files.current()?;
+        let partition = self.partition(&store)?;
         let from = match source {
-            Source::Stream(name) => match store.revision_after(name, after)? {
+            Source::Stream(name) => match store.revision_after(&partition, name, after)? {
                 Some(revision) => revision,
                 None => return Ok(Vec::new()),
             },
@@ -217,6 +270,7 @@ impl LogReader {
         };
         Ok(store
             .read(
+                &partition,
                 source,
                 Some(from),
                 Direction::Forward,
@@ -228,7 +282,16 @@ impl LogReader {
 
     /// The stream name and revision of the event at `position`.
     pub fn locate(&self, position: Position) -> Result<Option<(String, u64)>, StorageError> {
-        self.files.current()?.locate(position)
+        let store = self.files.current()?;
+        store.locate(&*self.partition(&store)?, position)
+    }
+
+    /// This reader's partition in `store`. Its tables are committed before any handle
+    /// exists, so a reopened file has it too.
+    fn partition(&self, store: &store::Store) -> Result<Arc<store::Partition>, StorageError> {
+        store
+            .existing_partition(&self.account)
+            .ok_or(StorageError::Unavailable)
     }
 }
 

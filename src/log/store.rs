@@ -1,6 +1,8 @@
 //! The log's redb tables, the append of one request inside a write transaction, and reads.
 //!
-//! Layout (one file, `log.redb`):
+//! Layout (one file, `log.redb`). Each account is a *partition*: its own set of the tables
+//! below, named `<account>/<table>`, except the default account's, which keep the plain names
+//! a log had before accounts existed (so an older log is the default account's, unchanged).
 //!
 //! | table              | key                             | value                   |
 //! |--------------------|---------------------------------|-------------------------|
@@ -10,6 +12,11 @@
 //! | `category_extents` | (category name, first position) | (first position, count) |
 //! | `meta`             | `"indexed_through"`             | position                |
 //!
+//! Positions, revisions, event ids, stream and category names are all per partition: two
+//! accounts' `order-1` are two streams, each account's positions run 1, 2, 3, … and an id
+//! stored by one account is unknown to another. One write transaction (one fsync) commits a
+//! group of appends to any number of partitions.
+//!
 //! An append request writes one stream at consecutive positions and revisions: one *extent*.
 //! The stream and category indexes hold extents, not events, so a 1,000-event batch costs two
 //! index rows.
@@ -18,15 +25,16 @@
 //! newest extent sits in its own B-tree leaf, so writing the indexes on every commit doubled
 //! the pages of a small-append commit (measured: 645 µs against 406 µs for 32 one-event
 //! appends). Commits therefore write only `events` and `event_ids`; the extents of recent
-//! appends live in memory, in the [`Tail`], and are flushed into the index tables in bulk
-//! every few thousand appends, together with `indexed_through`, the position up to which the
-//! tables are complete. The tail is derived data: on open it is rebuilt from the events after
-//! `indexed_through`, so a crash loses nothing.
+//! appends live in memory, in each partition's [`Tail`], and are flushed into the index tables
+//! in bulk every few thousand appends, together with `indexed_through`, the position up to
+//! which the tables are complete. The tail is derived data: on open it is rebuilt from the
+//! events after `indexed_through`, so a crash loses nothing.
 
 use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::ops::RangeInclusive;
 use std::path::Path;
+use std::sync::Arc;
 
 use redb::{
     Database, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable, Table,
@@ -43,14 +51,84 @@ use super::types::{
 
 /// An index of extents: (stream or category name, first coordinate) → (first position, count).
 /// The coordinate is the revision for streams and the position for categories.
-type Extents = TableDefinition<'static, (&'static str, u64), (u64, u64)>;
+type Extents<'a> = TableDefinition<'a, (&'static str, u64), (u64, u64)>;
+type Events<'a> = TableDefinition<'a, u64, &'static [u8]>;
 
-const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
-const EVENT_IDS: TableDefinition<u128, u64> = TableDefinition::new("event_ids");
-const STREAM_EXTENTS: Extents = TableDefinition::new("stream_extents");
-const CATEGORY_EXTENTS: Extents = TableDefinition::new("category_extents");
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const INDEXED_THROUGH: &str = "indexed_through";
+
+/// The table names of one account's partition.
+pub struct Tables {
+    events: String,
+    ids: String,
+    streams: String,
+    categories: String,
+    meta: String,
+}
+
+impl Tables {
+    /// The default account's tables have the plain names; any other account's are prefixed
+    /// with `<account>/` (account names hold no `/`).
+    fn of(account: &str) -> Self {
+        let name = |table: &str| {
+            if account == crate::account::DEFAULT {
+                table.to_owned()
+            } else {
+                format!("{account}/{table}")
+            }
+        };
+        Tables {
+            events: name("events"),
+            ids: name("event_ids"),
+            streams: name("stream_extents"),
+            categories: name("category_extents"),
+            meta: name("meta"),
+        }
+    }
+
+    /// The account a partition's `events` table belongs to.
+    fn account_of_events_table(table: &str) -> Option<&str> {
+        if table == "events" {
+            return Some(crate::account::DEFAULT);
+        }
+        table.strip_suffix("/events")
+    }
+
+    fn events(&self) -> Events<'_> {
+        TableDefinition::new(&self.events)
+    }
+    fn ids(&self) -> TableDefinition<'_, u128, u64> {
+        TableDefinition::new(&self.ids)
+    }
+    fn streams(&self) -> Extents<'_> {
+        TableDefinition::new(&self.streams)
+    }
+    fn categories(&self) -> Extents<'_> {
+        TableDefinition::new(&self.categories)
+    }
+    fn meta(&self) -> TableDefinition<'_, &'static str, u64> {
+        TableDefinition::new(&self.meta)
+    }
+
+    fn names(&self) -> [&str; 5] {
+        [
+            &self.events,
+            &self.ids,
+            &self.streams,
+            &self.categories,
+            &self.meta,
+        ]
+    }
+
+    /// Creates the tables in `txn` (opening a table creates it).
+    fn create(&self, txn: &WriteTransaction) -> Result<(), StorageError> {
+        txn.open_table(self.events())?;
+        txn.open_table(self.ids())?;
+        txn.open_table(self.streams())?;
+        txn.open_table(self.categories())?;
+        txn.open_table(self.meta())?;
+        Ok(())
+    }
+}
 
 /// Pages redb may keep in memory. The log is read mostly at its tail, so a modest cache serves;
 /// a replay reads it once from end to end, which a cache does not speed up but fills (with
@@ -98,49 +176,113 @@ impl Tail {
     }
 }
 
-pub struct Store {
-    db: Database,
+/// One account's part of the log: its tables and its index tail.
+pub struct Partition {
+    tables: Tables,
     /// Guards the index tail. Readers take it together with a redb snapshot (so they see a
     /// consistent pair); the writer takes it only to advance it after a commit. No I/O
     /// happens under it but the snapshot's begin; no other lock is taken inside it.
     tail: RwLock<Tail>,
+}
+
+/// The stream lengths of each partition's tail, by account: what the writer starts from.
+pub type Lengths = HashMap<String, StreamLengths>;
+
+pub struct Store {
+    db: Database,
+    /// The partitions, by account. Guards only the map: taken for a lookup, or to add a
+    /// partition once its tables are committed; never held across I/O or with a tail lock.
+    partitions: RwLock<HashMap<String, Arc<Partition>>>,
     policy: FlushPolicy,
 }
 
 impl Store {
-    /// Opens the file and rebuilds the index tail from the events after `indexed_through`.
-    /// Returns the store and the stream lengths of the tail, for the writer.
-    pub fn open(path: &Path, policy: FlushPolicy) -> Result<(Self, StreamLengths), StorageError> {
+    /// Opens the file and rebuilds each partition's index tail from the events after its
+    /// `indexed_through`. Returns the store and the stream lengths of the tails, for the
+    /// writer.
+    pub fn open(path: &Path, policy: FlushPolicy) -> Result<(Self, Lengths), StorageError> {
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
             .create(path)?;
-        // Creates the tables of a new log; an existing one is opened without a write, so that
-        // it can be reopened (and read) while the disk is full.
-        let names: Vec<String> = db
+        let store = Store {
+            db,
+            partitions: RwLock::new(HashMap::new()),
+            policy,
+        };
+        // The default account's tables always exist; a new log creates them. An existing one
+        // is opened without a write, so that it can be reopened (and read) while the disk is
+        // full.
+        let mut lengths = Lengths::new();
+        let mut accounts: Vec<String> = store
+            .db
+            .begin_read()?
+            .list_tables()?
+            .filter_map(|t| Tables::account_of_events_table(t.name()).map(str::to_owned))
+            .collect();
+        if !accounts.iter().any(|a| a == crate::account::DEFAULT) {
+            accounts.push(crate::account::DEFAULT.to_owned());
+        }
+        for account in accounts {
+            let (partition, tail_lengths) = store.load_partition(&account)?;
+            lengths.insert(account.clone(), tail_lengths);
+            store
+                .partitions
+                .write()
+                .insert(account, Arc::new(partition));
+        }
+        Ok((store, lengths))
+    }
+
+    /// The partition of `account`, created (its tables committed) if it has none yet.
+    /// Creating one waits for the writer's transaction in progress, if any.
+    pub fn partition(&self, account: &str) -> Result<Arc<Partition>, StorageError> {
+        if let Some(partition) = self.partitions.read().get(account) {
+            return Ok(partition.clone());
+        }
+        let (partition, _) = self.load_partition(account)?;
+        let mut partitions = self.partitions.write();
+        Ok(partitions
+            .entry(account.to_owned())
+            .or_insert_with(|| Arc::new(partition))
+            .clone())
+    }
+
+    /// The partition of `account`, if it has one.
+    pub fn existing_partition(&self, account: &str) -> Option<Arc<Partition>> {
+        self.partitions.read().get(account).cloned()
+    }
+
+    /// Every partition, by account.
+    pub fn partitions(&self) -> Vec<(String, Arc<Partition>)> {
+        let partitions = self.partitions.read();
+        partitions
+            .iter()
+            .map(|(a, p)| (a.clone(), p.clone()))
+            .collect()
+    }
+
+    /// Opens (creating its tables when missing) one account's partition and rebuilds its tail.
+    fn load_partition(&self, account: &str) -> Result<(Partition, StreamLengths), StorageError> {
+        let tables = Tables::of(account);
+        let existing: Vec<String> = self
+            .db
             .begin_read()?
             .list_tables()?
             .map(|t| t.name().to_owned())
             .collect();
-        let tables = [
-            EVENTS.name(),
-            EVENT_IDS.name(),
-            STREAM_EXTENTS.name(),
-            CATEGORY_EXTENTS.name(),
-            META.name(),
-        ];
-        if !tables.iter().all(|t| names.iter().any(|n| n == t)) {
-            let txn = db.begin_write()?;
-            txn.open_table(EVENTS)?;
-            txn.open_table(EVENT_IDS)?;
-            txn.open_table(STREAM_EXTENTS)?;
-            txn.open_table(CATEGORY_EXTENTS)?;
-            txn.open_table(META)?;
+        if !tables
+            .names()
+            .iter()
+            .all(|t| existing.iter().any(|n| n == t))
+        {
+            let txn = self.db.begin_write()?;
+            tables.create(&txn)?;
             txn.commit()?;
         }
 
-        let txn = db.begin_read()?;
-        let indexed = indexed_through(&txn)?;
-        let events = txn.open_table(EVENTS)?;
+        let txn = self.db.begin_read()?;
+        let indexed = indexed_through(&txn, &tables)?;
+        let events = txn.open_table(tables.events())?;
         let mut tail = Tail {
             extents: Vec::new(),
             covered: last_position(&events)?,
@@ -168,28 +310,29 @@ impl Store {
             lengths.committed.insert(stream.to_owned(), revision + 1);
         }
         drop((events, txn));
-        let store = Self {
-            db,
+        let partition = Partition {
+            tables,
             tail: RwLock::new(tail),
-            policy,
         };
-        Ok((store, lengths))
+        Ok((partition, lengths))
     }
 
     pub fn database(&self) -> &Database {
         &self.db
     }
 
-    /// The position of the last event, 0 for an empty log.
-    pub fn head(&self) -> Result<Position, StorageError> {
+    /// The position of the partition's last event, 0 for an empty one.
+    pub fn head(&self, partition: &Partition) -> Result<Position, StorageError> {
         let txn = self.db.begin_read()?;
-        last_position(&txn.open_table(EVENTS)?)
+        last_position(&txn.open_table(partition.tables.events())?)
     }
+}
 
+impl Partition {
     /// Whether the next commit should flush the tail.
-    pub fn tail_is_full(&self) -> bool {
+    pub fn tail_is_full(&self, policy: FlushPolicy) -> bool {
         let tail = self.tail.read();
-        tail.extents.len() >= self.policy.extents || tail.events() >= self.policy.events
+        tail.extents.len() >= policy.extents || tail.events() >= policy.events
     }
 
     /// After a commit: drops the first `flushed` extents (now in the tables) and appends the
@@ -200,6 +343,12 @@ impl Store {
         tail.extents.extend(appended);
         tail.covered = head;
     }
+}
+
+impl Store {
+    pub fn policy(&self) -> FlushPolicy {
+        self.policy
+    }
 
     /// Reads up to `limit` events of `source` starting at `from` (a revision for a stream, a
     /// position otherwise; `None` is the start, or the end when reading backward), never past
@@ -209,6 +358,7 @@ impl Store {
     /// metadata past `max_bytes`, so it holds at most that plus one event.
     pub fn read(
         &self,
+        partition: &Partition,
         source: &Source,
         from: Option<u64>,
         direction: Direction,
@@ -222,17 +372,17 @@ impl Store {
         let (table, name) = match source {
             Source::All => {
                 return self
-                    .read_all(bounds, direction, (limit, max_bytes), until)
+                    .read_all(partition, bounds, direction, (limit, max_bytes), until)
                     .map(Some);
             }
-            Source::Stream(name) => (STREAM_EXTENTS, name.as_str()),
-            Source::Category(name) => (CATEGORY_EXTENTS, name.as_str()),
+            Source::Stream(name) => (partition.tables.streams(), name.as_str()),
+            Source::Category(name) => (partition.tables.categories(), name.as_str()),
         };
         let TailSnapshot {
             txn,
             recent,
             covered,
-        } = self.snapshot_with_tail(source)?;
+        } = self.snapshot_with_tail(partition, source)?;
         let until = until.min(covered);
         let extents = txn.open_table(table)?;
         let persisted = |range: RangeInclusive<u64>| {
@@ -302,7 +452,7 @@ impl Store {
                 }
             }
         }
-        let events = txn.open_table(EVENTS)?;
+        let events = txn.open_table(partition.tables.events())?;
         let mut out = Vec::with_capacity(positions.len());
         let mut bytes = 0usize;
         for position in positions {
@@ -325,10 +475,14 @@ impl Store {
     /// before the snapshot: extents it lacks are of commits the snapshot may not show either,
     /// and `covered` bounds a read to what both agree on. Extents a flush moved into the
     /// tables are told apart by `indexed_through`.
-    fn snapshot_with_tail(&self, source: &Source) -> Result<TailSnapshot, StorageError> {
-        let tail = self.tail.read();
+    fn snapshot_with_tail(
+        &self,
+        partition: &Partition,
+        source: &Source,
+    ) -> Result<TailSnapshot, StorageError> {
+        let tail = partition.tail.read();
         let txn = self.db.begin_read()?;
-        let indexed = indexed_through(&txn)?;
+        let indexed = indexed_through(&txn, &partition.tables)?;
         let recent = tail
             .extents
             .iter()
@@ -353,13 +507,14 @@ impl Store {
 
     fn read_all(
         &self,
+        partition: &Partition,
         bounds: RangeInclusive<u64>,
         direction: Direction,
         (limit, max_bytes): (usize, usize),
         until: Position,
     ) -> Result<Vec<RecordedEvent>, StorageError> {
         let txn = self.db.begin_read()?;
-        let events = txn.open_table(EVENTS)?;
+        let events = txn.open_table(partition.tables.events())?;
         let (low, high) = (*bounds.start(), (*bounds.end()).min(until));
         let mut out = Vec::with_capacity(limit.min(4096));
         if low > high {
@@ -397,17 +552,18 @@ impl Store {
     /// reader that follows the log by position resumes in one stream.
     pub fn revision_after(
         &self,
+        partition: &Partition,
         stream: &StreamName,
         position: Position,
     ) -> Result<Option<u64>, StorageError> {
         let TailSnapshot { txn, recent, .. } =
-            self.snapshot_with_tail(&Source::Stream(stream.clone()))?;
+            self.snapshot_with_tail(partition, &Source::Stream(stream.clone()))?;
         let stream = stream.as_str();
         let resume = |(first_revision, first_position, count): (u64, Position, u64)| {
             (first_position + count - 1 > position)
                 .then(|| first_revision + position.saturating_add(1).saturating_sub(first_position))
         };
-        let extents = txn.open_table(STREAM_EXTENTS)?;
+        let extents = txn.open_table(partition.tables.streams())?;
         for item in extents.range((stream, 0)..=(stream, u64::MAX))? {
             let (key, value) = item?;
             let (first_position, count) = value.value();
@@ -419,9 +575,13 @@ impl Store {
     }
 
     /// The stream and revision of the event at `position`, if there is one.
-    pub fn locate(&self, position: Position) -> Result<Option<(String, u64)>, StorageError> {
+    pub fn locate(
+        &self,
+        partition: &Partition,
+        position: Position,
+    ) -> Result<Option<(String, u64)>, StorageError> {
         let txn = self.db.begin_read()?;
-        let events = txn.open_table(EVENTS)?;
+        let events = txn.open_table(partition.tables.events())?;
         let Some(record) = events.get(position)? else {
             return Ok(None);
         };
@@ -439,9 +599,9 @@ struct TailSnapshot {
     covered: Position,
 }
 
-fn indexed_through(txn: &ReadTransaction) -> Result<Position, StorageError> {
+fn indexed_through(txn: &ReadTransaction, tables: &Tables) -> Result<Position, StorageError> {
     Ok(txn
-        .open_table(META)?
+        .open_table(tables.meta())?
         .get(INDEXED_THROUGH)?
         .map_or(0, |g| g.value()))
 }
@@ -484,6 +644,7 @@ impl StreamLengths {
 /// The tables of one write transaction, opened once per group commit.
 pub struct WriteTables<'txn> {
     txn: &'txn WriteTransaction,
+    partition: Arc<Partition>,
     events: Table<'txn, u64, &'static [u8]>,
     ids: Table<'txn, u128, u64>,
     record: Vec<u8>,
@@ -492,11 +653,15 @@ pub struct WriteTables<'txn> {
 }
 
 impl<'txn> WriteTables<'txn> {
-    pub fn open(txn: &'txn WriteTransaction) -> Result<Self, StorageError> {
+    pub fn open(
+        txn: &'txn WriteTransaction,
+        partition: Arc<Partition>,
+    ) -> Result<Self, StorageError> {
         Ok(Self {
             txn,
-            events: txn.open_table(EVENTS)?,
-            ids: txn.open_table(EVENT_IDS)?,
+            events: txn.open_table(partition.tables.events())?,
+            ids: txn.open_table(partition.tables.ids())?,
+            partition,
             record: Vec::new(),
             appended: Vec::new(),
         })
@@ -504,10 +669,11 @@ impl<'txn> WriteTables<'txn> {
 
     /// Writes the whole tail into the index tables and records how far they now reach.
     /// Returns how many extents were flushed.
-    pub fn flush(&mut self, store: &Store) -> Result<usize, StorageError> {
-        let tail = store.tail.read();
-        let mut streams = self.txn.open_table(STREAM_EXTENTS)?;
-        let mut categories = self.txn.open_table(CATEGORY_EXTENTS)?;
+    pub fn flush(&mut self) -> Result<usize, StorageError> {
+        let tables = &self.partition.tables;
+        let tail = self.partition.tail.read();
+        let mut streams = self.txn.open_table(tables.streams())?;
+        let mut categories = self.txn.open_table(tables.categories())?;
         for e in &tail.extents {
             let extent = (e.first_position, e.count);
             streams.insert((e.stream.as_str(), e.first_revision), extent)?;
@@ -516,7 +682,7 @@ impl<'txn> WriteTables<'txn> {
             }
         }
         self.txn
-            .open_table(META)?
+            .open_table(tables.meta())?
             .insert(INDEXED_THROUGH, tail.covered)?;
         Ok(tail.extents.len())
     }
@@ -572,9 +738,14 @@ impl<'txn> WriteTables<'txn> {
         })
     }
 
+    /// The partition this transaction writes.
+    pub fn partition(&self) -> &Arc<Partition> {
+        &self.partition
+    }
+
     /// A stream's length per the index tables, for a stream with nothing in the tail.
     fn indexed_length(&self, stream: &str) -> Result<u64, StorageError> {
-        let extents = self.txn.open_table(STREAM_EXTENTS)?;
+        let extents = self.txn.open_table(self.partition.tables.streams())?;
         let last = extents.range((stream, 0)..=(stream, u64::MAX))?.next_back();
         Ok(match last {
             Some(item) => {
@@ -646,9 +817,10 @@ fn conflict(id: Uuid, position: Position) -> AppendError {
 pub fn forget_index(path: &Path) -> Result<(), StorageError> {
     let db = Database::create(path)?;
     let txn = db.begin_write()?;
-    txn.delete_table(STREAM_EXTENTS)?;
-    txn.delete_table(CATEGORY_EXTENTS)?;
-    txn.open_table(META)?.remove(INDEXED_THROUGH)?;
+    let tables = Tables::of(crate::account::DEFAULT);
+    txn.delete_table(tables.streams())?;
+    txn.delete_table(tables.categories())?;
+    txn.open_table(tables.meta())?.remove(INDEXED_THROUGH)?;
     txn.commit()?;
     Ok(())
 }

@@ -6,17 +6,20 @@
 //! next group gathers, so concurrent appenders share the cost of an fsync without any timer.
 //! When the index tail is full, the next commit also flushes it (see `store`).
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::LogHealth;
 use super::error::{AppendError, StorageError};
 use super::files::LogFiles;
-use super::store::{Store, StreamLengths, WriteTables};
+use super::store::{Lengths, Store, StreamLengths, WriteTables};
 use super::types::{AppendOutcome, AppendRequest, Position};
 
 /// Requests waiting for the writer. Appenders past this wait for room (back-pressure).
@@ -27,35 +30,74 @@ const MAX_GROUP_EVENTS: usize = 50_000;
 const REOPEN_EVERY: Duration = Duration::from_secs(1);
 
 pub struct Job {
+    /// The account whose partition the request appends to.
+    pub account: Arc<str>,
     pub request: AppendRequest,
     pub reply: oneshot::Sender<Result<AppendOutcome, AppendError>>,
 }
 
 type Answers = Vec<Result<AppendOutcome, AppendError>>;
 
+/// Every account's head watch, made on first use by a `Log` handle or by the writer, and kept
+/// for the life of the log (the handles' receivers outlive any reopen of the file).
+#[derive(Default)]
+pub struct Heads {
+    /// Guards the map only; never held across I/O.
+    senders: Mutex<HashMap<String, Arc<watch::Sender<Position>>>>,
+}
+
+impl Heads {
+    /// The account's head watch; a new one starts at `current`. The writer publishes every
+    /// commit to the same sender, so a `current` read before a commit it missed is
+    /// overwritten by that commit's head.
+    pub fn sender(&self, account: &str, current: Position) -> Arc<watch::Sender<Position>> {
+        self.senders
+            .lock()
+            .entry(account.to_owned())
+            .or_insert_with(|| Arc::new(watch::channel(current).0))
+            .clone()
+    }
+
+    fn all(&self) -> Vec<(String, Arc<watch::Sender<Position>>)> {
+        let senders = self.senders.lock();
+        senders
+            .iter()
+            .map(|(a, s)| (a.clone(), s.clone()))
+            .collect()
+    }
+}
+
+/// What the writer knows of one account's partition beyond the tables.
+struct AccountState {
+    head: Position,
+    lengths: StreamLengths,
+    head_tx: Arc<watch::Sender<Position>>,
+}
+
 /// What the writer thread owns. It stops when every `Log` handle is gone (the channel
 /// closes), after committing what is queued; a panic ends it too, reported on `health`.
 struct Writer {
     files: Arc<LogFiles>,
-    lengths: StreamLengths,
-    head: Position,
-    head_tx: watch::Sender<Position>,
+    heads: Arc<Heads>,
+    /// By account, made on the account's first append since the file was (re)opened.
+    accounts: HashMap<Arc<str>, AccountState>,
+    /// The tails' stream lengths from the last (re)open, for accounts not in `accounts` yet.
+    opened: Lengths,
     health: watch::Sender<LogHealth>,
 }
 
 pub fn spawn(
     files: Arc<LogFiles>,
-    lengths: StreamLengths,
+    lengths: Lengths,
     mut jobs: mpsc::Receiver<Job>,
-    head_tx: watch::Sender<Position>,
+    heads: Arc<Heads>,
     health: watch::Sender<LogHealth>,
 ) -> std::io::Result<JoinHandle<()>> {
-    let head = *head_tx.borrow();
     let mut writer = Writer {
         files,
-        lengths,
-        head,
-        head_tx,
+        heads,
+        accounts: HashMap::new(),
+        opened: lengths,
         health,
     };
     std::thread::Builder::new()
@@ -117,7 +159,11 @@ impl Writer {
                     }
                 };
             // Publish before answering: whoever holds an answer sees a head that covers it.
-            self.head_tx.send_replace(self.head);
+            for state in self.accounts.values() {
+                if *state.head_tx.borrow() != state.head {
+                    state.head_tx.send_replace(state.head);
+                }
+            }
             for (job, answer) in group.drain(..).zip(answers) {
                 // The appender may have gone away; its events are committed all the same.
                 let _ = job.reply.send(answer);
@@ -177,7 +223,9 @@ impl Writer {
                 answers
             }
             Err(e) => {
-                self.lengths.abandon_group();
+                for state in self.accounts.values_mut() {
+                    state.lengths.abandon_group();
+                }
                 let e = e.classify();
                 tracing::error!(error = %e, "log commit failed; the group is refused");
                 if e.is_io() {
@@ -194,47 +242,117 @@ impl Writer {
     }
 
     fn try_commit(&mut self, store: &Store, group: &[Job]) -> Result<Answers, StorageError> {
-        let mut next_head = self.head;
-        let flush = group.is_empty() || store.tail_is_full();
         let txn = store.database().begin_write()?;
-        let (answers, flushed, appended) = {
-            let mut tables = WriteTables::open(&txn)?;
-            let flushed = if flush { tables.flush(store)? } else { 0 };
+        let (answers, written) = {
+            // The partitions this group writes, each with its tables and its head so far.
+            let mut open: HashMap<Arc<str>, (WriteTables, Position, usize)> = HashMap::new();
+            if group.is_empty() {
+                // An empty group flushes every tail.
+                for (account, partition) in store.partitions() {
+                    let account: Arc<str> = account.into();
+                    let head = self.state(store, &account)?.head;
+                    let mut tables = WriteTables::open(&txn, partition)?;
+                    let flushed = tables.flush()?;
+                    open.insert(account, (tables, head, flushed));
+                }
+            }
             let now = now_micros();
             let mut answers = Vec::with_capacity(group.len());
             for job in group {
-                match tables.append(&job.request, &mut next_head, now, &mut self.lengths) {
+                let state = self.state(store, &job.account)?;
+                let (tables, head, _) = match open.entry(job.account.clone()) {
+                    Entry::Occupied(entry) => entry.into_mut(),
+                    Entry::Vacant(entry) => {
+                        let partition =
+                            store
+                                .existing_partition(&job.account)
+                                .ok_or(StorageError::Failed(format!(
+                                    "the log has no partition for account {}",
+                                    job.account
+                                )))?;
+                        let flush = partition.tail_is_full(store.policy());
+                        let mut tables = WriteTables::open(&txn, partition)?;
+                        let flushed = if flush { tables.flush()? } else { 0 };
+                        entry.insert((tables, state.head, flushed))
+                    }
+                };
+                match tables.append(&job.request, head, now, &mut state.lengths) {
                     // A storage failure may leave part of a request written: abandon the group.
                     Err(AppendError::Storage(e)) => return Err(e),
                     answer => answers.push(answer),
                 }
             }
-            (answers, flushed, tables.appended)
+            let written: Vec<_> = open
+                .into_iter()
+                .map(|(account, (tables, head, flushed))| {
+                    let partition = tables.partition().clone();
+                    (account, partition, head, flushed, tables.appended)
+                })
+                .collect();
+            (answers, written)
         };
         crate::failpoint::failpoint!("log-commit", |arg| Err(StorageError::io(
             crate::failpoint::io_error(arg)
         )));
         txn.commit()?;
-        store.advance_tail(flushed, appended, next_head);
-        self.lengths.commit_group(flush);
-        self.head = next_head;
+        for (account, partition, head, flushed, appended) in written {
+            let did_flush = flushed > 0 || group.is_empty();
+            partition.advance_tail(flushed, appended, head);
+            let state = self.state(store, &account)?;
+            state.lengths.commit_group(did_flush);
+            state.head = head;
+        }
         Ok(answers)
     }
 
-    /// Reopens the file after a failure and takes the head and stream lengths from what it
+    /// The writer's state of `account`, made from the store on the account's first append
+    /// since the file was (re)opened.
+    fn state(
+        &mut self,
+        store: &Store,
+        account: &Arc<str>,
+    ) -> Result<&mut AccountState, StorageError> {
+        if !self.accounts.contains_key(account) {
+            let partition = store
+                .existing_partition(account)
+                .ok_or(StorageError::Failed(format!(
+                    "the log has no partition for account {account}"
+                )))?;
+            let head = store.head(&partition)?;
+            let state = AccountState {
+                head,
+                lengths: self.opened.remove(&**account).unwrap_or_default(),
+                head_tx: self.heads.sender(account, head),
+            };
+            self.accounts.insert(account.clone(), state);
+        }
+        Ok(self.accounts.get_mut(account).expect("inserted above"))
+    }
+
+    /// Reopens the file after a failure and takes the heads and stream lengths from what it
     /// holds. A commit that failed after reaching the disk is found there, not lost.
     fn reopen(&mut self) -> Result<(), StorageError> {
-        match self
-            .files
-            .reopen()
-            .and_then(|(store, lengths)| Ok((store.head()?, lengths)))
-        {
-            Ok((head, lengths)) => {
-                tracing::info!(head, "the log was reopened");
-                self.lengths = lengths;
-                if head != self.head {
-                    self.head = head;
-                    self.head_tx.send_replace(head);
+        let reopened = self.files.reopen().and_then(|(store, lengths)| {
+            let heads = self
+                .heads
+                .all()
+                .into_iter()
+                .filter_map(|(account, tx)| {
+                    let partition = store.existing_partition(&account)?;
+                    Some(store.head(&partition).map(|head| (tx, head)))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((heads, lengths))
+        });
+        match reopened {
+            Ok((heads, lengths)) => {
+                tracing::info!("the log was reopened");
+                self.accounts.clear();
+                self.opened = lengths;
+                for (tx, head) in heads {
+                    if *tx.borrow() != head {
+                        tx.send_replace(head);
+                    }
                 }
                 Ok(())
             }

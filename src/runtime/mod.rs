@@ -124,6 +124,9 @@ pub enum FaultKind {
     /// Writing the view failed (a full disk, an I/O error); retried with backoff, and the
     /// view's checkpoint is read back from the file before the retry.
     Storage,
+    /// The account's views are at their storage limit; retried with backoff, so the
+    /// projection resumes once the limit is raised or storage freed.
+    Quota,
 }
 
 impl std::fmt::Display for Fault {

@@ -34,7 +34,7 @@ use tokio::sync::watch;
 
 use crate::log::{Log, LogReader, Position};
 use crate::runtime::{Changes, Limits, Runtime};
-use crate::views::{ViewDir, ViewError, ViewStore};
+use crate::views::{Quota, ViewDir, ViewError, ViewStore};
 
 pub use folder::valid_name;
 pub use registry::ControlError;
@@ -57,6 +57,8 @@ pub struct SchedulerConfig {
     pub max_batch: usize,
     /// Follow changes to the folder (the server); without it, the folder is read once.
     pub watch: bool,
+    /// The account's view storage limit, checked before each turn.
+    pub quota: Option<Arc<Quota>>,
 }
 
 /// Events read from one source per batch: large enough that a call into the guest (a fresh
@@ -98,8 +100,8 @@ pub struct Projections {
 }
 
 struct Shared {
-    /// Compiles new versions; owns the engine's epoch ticker.
-    runtime: Runtime,
+    /// Compiles new versions; shared by every account's projections.
+    runtime: Arc<Runtime>,
     /// The folder of `<name>.wasm` files: the one source of truth for what is deployed.
     folder: PathBuf,
     views: ViewDir,
@@ -109,6 +111,7 @@ struct Shared {
     head: watch::Receiver<Position>,
     registry: Registry,
     signal: Arc<Signal>,
+    quota: Option<Arc<Quota>>,
 }
 
 impl Projections {
@@ -120,7 +123,19 @@ impl Projections {
         log: &Log,
         tokio: tokio::runtime::Handle,
     ) -> Result<Self, SchedulerError> {
-        let runtime = Runtime::new(&config.cache, config.limits.clone())?;
+        let runtime = Arc::new(Runtime::new(&config.cache, config.limits.clone())?);
+        Self::start_with(config, runtime, log, tokio)
+    }
+
+    /// [`Projections::start`] on a runtime shared with other sets of projections (each
+    /// account has its own set, all on one engine). The runtime's guest limits and compile
+    /// cache apply; `config.limits` and `config.cache` are not used.
+    pub fn start_with(
+        config: SchedulerConfig,
+        runtime: Arc<Runtime>,
+        log: &Log,
+        tokio: tokio::runtime::Handle,
+    ) -> Result<Self, SchedulerError> {
         let shared = Arc::new(Shared {
             runtime,
             folder: config.projections.clone(),
@@ -130,6 +145,7 @@ impl Projections {
             head: log.head(),
             registry: Registry::new(),
             signal: Arc::new(Signal::new(tokio.clone())),
+            quota: config.quota.clone(),
         });
         // Watch before reading the folder, so that no change falls between the two.
         let folder = if config.watch {

@@ -279,6 +279,11 @@ impl Slot {
         self.position_fault(after, FaultKind::Storage, message)
     }
 
+    /// The account's views are over their storage limit.
+    pub fn quota_fault(&self, after: Position, over: crate::views::OverQuota) -> Next {
+        self.position_fault(after, FaultKind::Quota, over.to_string())
+    }
+
     fn position_fault(&self, after: Position, kind: FaultKind, message: String) -> Next {
         self.fault(
             after.saturating_add(1),

@@ -86,6 +86,7 @@ fn start(dir: &Path, log: &Log, max_batch: usize, tokio: &tokio::runtime::Runtim
         limits: Limits::default(),
         max_batch,
         watch: false,
+        quota: None,
     };
     Node {
         projections: Projections::start(config, log, tokio.handle().clone()).unwrap(),

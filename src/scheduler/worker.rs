@@ -114,6 +114,9 @@ impl Shared {
     /// acted on once they are all committed.
     fn run_turn(&self, slot: &Arc<Slot>) -> Next {
         crate::failpoint::failpoint!("turn", |_| Next::Idle);
+        if let Some(over) = self.quota.as_ref().and_then(|q| q.exceeded()) {
+            return slot.quota_fault(slot.checkpoint(), over);
+        }
         if let Err(e) = slot.resync() {
             return slot.storage_fault(slot.checkpoint(), &e);
         }

@@ -8,6 +8,10 @@
 //! replays from there. The runner asks for a durable commit now and then ([`ViewStore::commit`])
 //! and on shutdown.
 
+mod quota;
+
+pub use quota::{OverQuota, Quota};
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

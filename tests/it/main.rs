@@ -14,3 +14,4 @@ mod kill_loop;
 mod live;
 mod projections;
 mod streams;
+mod tenants;
