@@ -44,22 +44,34 @@ async fn view_gets(addr: &str, auth: &str, clients: usize, seconds: Duration) ->
     .await
 }
 
+/// One mode's figures, a value per run.
+struct Figures {
+    mode: &'static str,
+    appends: Vec<f64>,
+    gets: Vec<f64>,
+    /// Seconds of server CPU per view GET.
+    get_cpu: Vec<f64>,
+}
+
 fn main() {
     let runs = env_number("BENCH_RUNS", 3) as usize;
     let seconds = Duration::from_secs(env_number("BENCH_SECONDS", 3));
     let tokio = support::runtime();
     let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let mut results: Vec<(&str, Vec<f64>, Vec<f64>)> = vec![
-        ("none", Vec::new(), Vec::new()),
-        ("keys", Vec::new(), Vec::new()),
-    ];
+    let mut results = ["none", "keys"].map(|mode| Figures {
+        mode,
+        appends: Vec::new(),
+        gets: Vec::new(),
+        get_cpu: Vec::new(),
+    });
     for run in 0..runs {
         // Each mode goes first in every other run: the second server of a pair starts while
         // the disk still writes back the first one's files, which would otherwise always
         // fall on the same mode.
-        let order: Vec<usize> = if run % 2 == 0 { vec![0, 1] } else { vec![1, 0] };
+        let order = if run % 2 == 0 { [0, 1] } else { [1, 0] };
         for i in order {
-            let (mode, append_rates, get_rates) = &mut results[i];
+            let figures = &mut results[i];
+            let mode = figures.mode;
             // Start each server on a quiet disk.
             std::process::Command::new("sync").status().unwrap();
             let data = scratch.path().join(format!("{mode}-{run}"));
@@ -67,31 +79,39 @@ fn main() {
             std::fs::write(data.join("deploy/stream-stats.wasm"), guest("stream_stats")).unwrap();
             let server = Server::start_with(&data, &["--auth", mode]);
             let addr = server.base.trim_start_matches("http://").to_owned();
-            let auth = if *mode == "keys" {
+            let auth = if mode == "keys" {
                 let token = std::fs::read_to_string(data.join("root.token")).unwrap();
                 format!("authorization: Bearer {}\r\n", token.trim())
             } else {
                 String::new()
             };
-            let (append_rate, get_rate) = tokio.block_on(async {
+            let (append_rate, get_rate, get_cpu) = tokio.block_on(async {
                 let append_rate = appends(&addr, &auth, 64, seconds).await;
                 // Every stream's document is there once stream-stats caught up.
                 tokio::time::sleep(Duration::from_secs(2)).await;
+                let cpu = server.cpu_time();
                 let get_rate = view_gets(&addr, &auth, 16, seconds).await;
-                (append_rate, get_rate)
+                // The server's CPU per GET: steadier than the rate, which the load generator
+                // on the same cores and the machine's drift move by ±15%.
+                let get_cpu =
+                    (server.cpu_time() - cpu).as_secs_f64() / (get_rate * seconds.as_secs_f64());
+                (append_rate, get_rate, get_cpu)
             });
             println!(
-                "run {run}, --auth {mode}: appends {append_rate:.0}/s (64 clients), view GETs {get_rate:.0}/s (16 clients)"
+                "run {run}, --auth {mode}: appends {append_rate:.0}/s (64 clients), view GETs {get_rate:.0}/s (16 clients), {:.1} µs of server CPU per GET",
+                get_cpu * 1e6
             );
-            append_rates.push(append_rate);
-            get_rates.push(get_rate);
+            figures.appends.push(append_rate);
+            figures.gets.push(get_rate);
+            figures.get_cpu.push(get_cpu);
         }
     }
-    let [(_, none_appends, none_gets), (_, keys_appends, keys_gets)] = &results[..] else {
-        unreachable!()
-    };
-    let (na, ka) = (median(none_appends.clone()), median(keys_appends.clone()));
-    let (ng, kg) = (median(none_gets.clone()), median(keys_gets.clone()));
+    let check = key_check_cost(scratch.path());
+    let [none, keys] = &results;
+    let med = |xs: &Vec<f64>| median(xs.clone());
+    let (na, ka) = (med(&none.appends), med(&keys.appends));
+    let (ng, kg) = (med(&none.gets), med(&keys.gets));
+    let (nc, kc) = (med(&none.get_cpu), med(&keys.get_cpu));
     println!("| measurement | --auth none | --auth keys | keys / none |");
     println!("|---|---:|---:|---:|");
     println!(
@@ -102,4 +122,37 @@ fn main() {
         "| view GET, 16 lean clients, requests/s | {ng:.0} | {kg:.0} | {:.3} |",
         kg / ng
     );
+    println!(
+        "| view GET, server CPU per request, µs | {:.1} | {:.1} | {:.3} |",
+        nc * 1e6,
+        kc * 1e6,
+        kc / nc
+    );
+    println!(
+        "| the key check alone (parse, SHA-256, lookup), µs per request | | {:.2} | {:.3} of a GET's CPU |",
+        check.as_secs_f64() * 1e6,
+        check.as_secs_f64() / nc
+    );
+}
+
+/// What `KeyStore::verify` costs per call, in process: the part of a keyed request the server
+/// does on top of an open one (the route layer runs in both modes).
+fn key_check_cost(scratch: &std::path::Path) -> Duration {
+    let dir = scratch.join("key-check");
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = projector::auth::KeyStore::open(&dir).unwrap();
+    let (_, token) = store
+        .create(&projector::auth::NewKey {
+            account: projector::auth::ROOT.into(),
+            scopes: vec![projector::auth::Scope::Read],
+            expires_in_days: Some(1),
+            label: None,
+        })
+        .unwrap();
+    let calls = 200_000u32;
+    let start = std::time::Instant::now();
+    for _ in 0..calls {
+        std::hint::black_box(store.verify(std::hint::black_box(&token)).unwrap());
+    }
+    start.elapsed() / calls
 }

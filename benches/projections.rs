@@ -46,6 +46,7 @@ fn replay(log_dir: &Path, wasm: &[u8], tokio: &tokio::runtime::Runtime) -> f64 {
         max_batch: DEFAULT_BATCH,
         watch: false,
         quota: None,
+        account: "root".into(),
     };
     let start = Instant::now();
     let projections = Projections::start(config, &log, tokio.handle().clone()).unwrap();

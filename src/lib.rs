@@ -27,6 +27,7 @@ mod reopen;
 pub mod runtime;
 pub mod scheduler;
 pub mod server;
+pub mod telemetry;
 pub mod tenants;
 pub mod views;
 

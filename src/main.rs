@@ -22,6 +22,22 @@ use projector::server::{self, ServeConfig};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How log lines (on stderr) are written: `text` for people, `json` (one object per line)
+    /// for log collectors.
+    #[arg(
+        long,
+        global = true,
+        env = "PROJECTOR_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 /// The HTTP server's limits: what a client, careless or hostile, may hold.
@@ -300,13 +316,21 @@ fn limit_malloc_arenas() {
 }
 
 async fn run() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
+    let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
+    }
+    match cli.command {
         Command::Serve {
             data,
             projections,

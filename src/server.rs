@@ -156,6 +156,7 @@ pub async fn serve(
         live_bytes: Arc::new(tokio::sync::Semaphore::new(http::live::LIVE_BYTES)),
         auth: config.auth,
         keys,
+        metrics: crate::telemetry::install(),
     });
     // The stop task: owned by the runtime, it ends when `stop` resolves, which also ends the
     // live subscriptions (they watch the same flag).

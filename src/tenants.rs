@@ -98,6 +98,11 @@ impl Tenant {
         self.quota.set_limit(limits.view_bytes);
     }
 
+    /// Live subscriptions open.
+    pub fn live_count(&self) -> u32 {
+        self.live.load(Ordering::Acquire)
+    }
+
     /// A place for one more live subscription, if the account has one free.
     pub fn live_slot(&self) -> Option<LiveSlot> {
         let max = self.limits().live_subscriptions;
@@ -198,6 +203,7 @@ impl Tenants {
             max_batch: self.config.max_batch,
             watch: true,
             quota: Some(quota.clone()),
+            account: account.name.clone(),
         };
         let projections = Projections::start_with(
             scheduler,

@@ -63,7 +63,10 @@ impl ApiError {
     }
 
     fn failure(status: StatusCode, code: &'static str, error: impl std::fmt::Display) -> Self {
-        let id = uuid::Uuid::new_v4().simple().to_string()[..16].to_owned();
+        // The request's own id (`x-request-id`), which its span in the log carries too.
+        let id = super::trace::REQUEST_ID
+            .try_with(Clone::clone)
+            .unwrap_or_else(|_| uuid::Uuid::now_v7().simple().to_string());
         tracing::error!(request_id = %id, %error, "request failed");
         Self {
             request_id: Some(id.clone()),

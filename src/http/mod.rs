@@ -15,6 +15,7 @@ mod projections;
 pub mod serve;
 mod streams;
 mod tenant;
+mod trace;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,6 +63,8 @@ pub struct AppState {
     pub auth: AuthMode,
     /// The accounts' keys (open in either mode, so keys can be made before turning auth on).
     pub keys: Arc<KeyStore>,
+    /// Renders `GET /metrics`; `None` when another server in this process holds the recorder.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 /// What a route needs of the request's key.
@@ -102,6 +105,7 @@ fn routes_with_handlers() -> Vec<(Route, MethodRouter<AppState>)> {
     };
     let mut all = vec![
         route(Method::GET, "/health", Public, get(health)),
+        route(Method::GET, "/metrics", Needs(Read), get(metrics)),
         route(
             Method::GET,
             "/streams/{stream}",
@@ -247,6 +251,9 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(trace::measure))
+        .layer(trace::layer())
+        .layer(axum::middleware::from_fn(trace::request_id))
         .with_state(state)
 }
 
@@ -276,6 +283,38 @@ async fn health(State(state): State<AppState>) -> impl IntoResponse {
         axum::Json(serde_json::json!({ "status": status, "reason": reason, "head": head })),
     )
         .into_response()
+}
+
+/// `GET /metrics`: Prometheus' text format. Every account's series are in it, so with keys it
+/// takes a key of the root account (the operator's); another account's key is refused.
+async fn metrics(
+    State(state): State<AppState>,
+    principal: Option<axum::Extension<Arc<crate::auth::Principal>>>,
+) -> Result<axum::response::Response, ApiError> {
+    if principal.is_some_and(|p| p.account != crate::account::DEFAULT) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "root_only",
+            "metrics cover every account: they take a key of the root account",
+        ));
+    }
+    let Some(handle) = state.metrics.clone() else {
+        return Err(ApiError::not_found(
+            "metrics_unavailable",
+            "this server does not record metrics",
+        ));
+    };
+    let tenants = state.tenants.clone();
+    let body =
+        tokio::task::spawn_blocking(move || crate::telemetry::render(&handle, &tenants)).await?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        body,
+    )
+        .into_response())
 }
 
 /// `PUT /debug/failpoints/{name}` (body: a `fail` action such as `return(enospc)`, `panic`,

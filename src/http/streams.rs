@@ -16,8 +16,8 @@ use super::error::{ApiError, rejection};
 use super::tenant::Tenant;
 use super::{AppState, encode};
 use crate::log::{
-    AppendOutcome, AppendRequest, Direction, ExpectedRevision, JsonPayload, LogReader, NewEvent,
-    RecordedEvent, Source, StreamName,
+    AppendError, AppendOutcome, AppendRequest, Direction, ExpectedRevision, JsonPayload, LogReader,
+    NewEvent, RecordedEvent, Source, StreamName,
 };
 
 /// Events in a JSON page when the client names no limit.
@@ -137,7 +137,10 @@ pub async fn append(
         .collect::<Result<Vec<_>, _>>()?;
     let count = events.len() as u64;
     let request = AppendRequest::new(stream.clone(), expected, events)?;
-    let outcome = tenant.log.append(request).await?;
+    let started = std::time::Instant::now();
+    let result = tenant.log.append(request).await;
+    crate::telemetry::append(outcome_label(&result), count, started.elapsed());
+    let outcome = result?;
     let status = if outcome.deduplicated {
         StatusCode::OK
     } else {
@@ -279,6 +282,19 @@ pub async fn read(
         body,
     )
         .into_response())
+}
+
+/// How an append ended, as `projector_appends_total` labels it.
+fn outcome_label(result: &Result<AppendOutcome, AppendError>) -> &'static str {
+    match result {
+        Ok(outcome) if outcome.deduplicated => "deduplicated",
+        Ok(_) => "written",
+        Err(AppendError::WrongExpectedRevision { .. } | AppendError::IdConflict { .. }) => {
+            "conflict"
+        }
+        Err(AppendError::Invalid(_)) => "invalid",
+        Err(_) => "refused",
+    }
 }
 
 fn not_found(name: &str) -> ApiError {

@@ -158,6 +158,9 @@ impl Writer {
                         return;
                     }
                 };
+            if answers.iter().any(Result::is_ok) {
+                crate::telemetry::group_commit(events);
+            }
             // Publish before answering: whoever holds an answer sees a head that covers it.
             for state in self.accounts.values() {
                 if *state.head_tx.borrow() != state.head {

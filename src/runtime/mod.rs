@@ -99,7 +99,20 @@ pub struct EngineError(String);
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Fault {
     pub kind: FaultKind,
+    /// The reason: the guest's error, the trap's cause, or the limit hit with its figure.
     pub message: String,
+    /// The guest's stack when it trapped (wasm frames, innermost first), apart from the reason.
+    pub backtrace: Option<String>,
+}
+
+impl Fault {
+    pub fn new(kind: FaultKind, message: String) -> Self {
+        Fault {
+            kind,
+            message,
+            backtrace: None,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -127,6 +140,23 @@ pub enum FaultKind {
     /// The account's views are at their storage limit; retried with backoff, so the
     /// projection resumes once the limit is raised or storage freed.
     Quota,
+}
+
+impl FaultKind {
+    /// The kind as the API and the metrics name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultKind::Refused => "refused",
+            FaultKind::Trap => "trap",
+            FaultKind::OutOfFuel => "out_of_fuel",
+            FaultKind::Deadline => "deadline",
+            FaultKind::Memory => "memory",
+            FaultKind::Writes => "writes",
+            FaultKind::Host => "host",
+            FaultKind::Storage => "storage",
+            FaultKind::Quota => "quota",
+        }
+    }
 }
 
 impl std::fmt::Display for Fault {
@@ -301,6 +331,8 @@ pub struct Code {
 /// What a successful `apply` produced.
 pub struct Applied {
     pub changes: Changes,
+    /// Fuel the call used.
+    pub fuel: u64,
 }
 
 impl Code {
@@ -332,16 +364,15 @@ impl Code {
             .and_then(|instance| instance.call_apply(&mut store, batch));
         let outcome = match result {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(message)) => Err(Fault {
-                kind: FaultKind::Refused,
-                message,
-            }),
-            Err(e) => Err(self.classify(&store, e)),
+            Ok(Err(message)) => Err(Fault::new(FaultKind::Refused, message)),
+            Err(e) => Err(self.classify(&store, e, fuel)),
         };
+        let used = fuel.saturating_sub(store.get_fuel().unwrap_or(0));
         let state = store.into_data();
         state.log_output(&self.name);
         outcome.map(|()| Applied {
             changes: state.into_changes(),
+            fuel: used,
         })
     }
 
@@ -351,7 +382,7 @@ impl Code {
             .pre
             .instantiate(&mut store)
             .and_then(|instance| instance.call_subscription(&mut store));
-        let outcome = result.map_err(|e| self.classify(&store, e));
+        let outcome = result.map_err(|e| self.classify(&store, e, self.limits.fuel_base));
         store.into_data().log_output(&self.name);
         let s = outcome?;
         Ok(Subscription {
@@ -372,8 +403,13 @@ impl Code {
         store
     }
 
-    fn classify(&self, store: &Store<GuestState>, error: wasmtime::Error) -> Fault {
-        let message = format!("{error:#}");
+    /// A failed call as a fault: the reason first (wasmtime puts the backtrace before it), the
+    /// wasm frames apart.
+    fn classify(&self, store: &Store<GuestState>, error: wasmtime::Error, fuel: u64) -> Fault {
+        let backtrace = error
+            .downcast_ref::<wasmtime::WasmBacktrace>()
+            .map(|frames| frames.to_string().trim_end().to_owned());
+        let message = error.root_cause().to_string();
         let kind = if let Some(kind) = store.data().limit_hit() {
             kind
         } else {
@@ -384,14 +420,20 @@ impl Code {
             }
         };
         let message = match kind {
-            FaultKind::OutOfFuel => format!("the batch ran out of fuel ({message})"),
+            FaultKind::OutOfFuel => {
+                format!("the batch ran out of fuel: it used up its budget of {fuel} units")
+            }
             FaultKind::Deadline => format!(
-                "the call ran past its deadline of {:?} ({message})",
+                "the call ran past its deadline of {:?}",
                 self.limits.deadline
             ),
             _ => message,
         };
-        Fault { kind, message }
+        Fault {
+            kind,
+            message,
+            backtrace,
+        }
     }
 }
 

@@ -59,6 +59,8 @@ pub struct SchedulerConfig {
     pub watch: bool,
     /// The account's view storage limit, checked before each turn.
     pub quota: Option<Arc<Quota>>,
+    /// The account the projections belong to (their metrics' `account` label).
+    pub account: String,
 }
 
 /// Events read from one source per batch: large enough that a call into the guest (a fresh
@@ -112,6 +114,7 @@ struct Shared {
     registry: Registry,
     signal: Arc<Signal>,
     quota: Option<Arc<Quota>>,
+    account: Arc<str>,
 }
 
 impl Projections {
@@ -146,6 +149,7 @@ impl Projections {
             registry: Registry::new(),
             signal: Arc::new(Signal::new(tokio.clone())),
             quota: config.quota.clone(),
+            account: config.account.as_str().into(),
         });
         // Watch before reading the folder, so that no change falls between the two.
         let folder = if config.watch {

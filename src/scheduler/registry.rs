@@ -294,7 +294,7 @@ impl Shared {
             "projection loaded"
         );
         Ok(Slot::new(
-            name,
+            (&self.account, name),
             storage,
             code,
             sources,

@@ -21,6 +21,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// One loaded projection version.
 pub(super) struct Slot {
+    /// The account whose projection this is (for its metrics' labels).
+    pub account: Arc<str>,
     pub name: String,
     /// Its storage in the views folder.
     pub storage: String,
@@ -98,7 +100,7 @@ pub(super) enum Next {
 
 impl Slot {
     pub fn new(
-        name: &str,
+        (account, name): (&Arc<str>, &str),
         storage: &str,
         code: Code,
         sources: Vec<Source>,
@@ -107,6 +109,7 @@ impl Slot {
         role: Role,
     ) -> Self {
         Slot {
+            account: account.clone(),
             name: name.to_owned(),
             storage: storage.to_owned(),
             code,
@@ -289,11 +292,18 @@ impl Slot {
             after.saturating_add(1),
             uuid::Uuid::nil().to_string(),
             String::new(),
-            Fault { kind, message },
+            Fault::new(kind, message),
         )
     }
 
+    /// The labels of this version's metrics, for its current role.
+    pub fn labels(&self) -> crate::telemetry::ProjectionLabels {
+        let building = self.state.lock().role == Role::Building;
+        crate::telemetry::ProjectionLabels::new(&self.account, &self.name, building)
+    }
+
     fn fault(&self, position: Position, event_id: String, stream: String, fault: Fault) -> Next {
+        self.labels().fault(fault.kind.as_str());
         let mut state = self.state.lock();
         let attempts = match &state.fault {
             Some(previous) if previous.report.position == position => {
@@ -301,14 +311,24 @@ impl Slot {
             }
             _ => 1,
         };
-        tracing::warn!(
-            projection = %self.name, position, kind = ?fault.kind, attempts,
-            "projection faulted: {}", fault.message
-        );
+        // One line per fault, with the reason (frames stay in the status); its retries failing
+        // the same way are logged at debug.
+        if attempts == 1 {
+            tracing::warn!(
+                projection = %self.name, version = %self.code.hash(), position, %event_id,
+                kind = ?fault.kind, reason = %fault.message, "projection faulted"
+            );
+        } else {
+            tracing::debug!(
+                projection = %self.name, position, attempts, reason = %fault.message,
+                "projection failed again"
+            );
+        }
         state.fault = Some(Faulted {
             report: FaultReport {
                 kind: fault.kind,
                 message: fault.message,
+                backtrace: fault.backtrace,
                 position,
                 event_id,
                 stream,

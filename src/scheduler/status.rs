@@ -28,7 +28,10 @@ pub enum State {
 #[derive(Clone, Debug, Serialize)]
 pub struct FaultReport {
     pub kind: FaultKind,
+    /// The reason, first and alone: the guest's error, the trap's cause, or the limit hit.
     pub message: String,
+    /// Where in the guest it trapped (wasm frames), when it did.
+    pub backtrace: Option<String>,
     /// The event it failed on.
     pub position: Position,
     pub event_id: String,

@@ -87,6 +87,7 @@ fn start(dir: &Path, log: &Log, max_batch: usize, tokio: &tokio::runtime::Runtim
         max_batch,
         watch: false,
         quota: None,
+        account: "root".into(),
     };
     Node {
         projections: Projections::start(config, log, tokio.handle().clone()).unwrap(),

@@ -82,6 +82,16 @@ impl Shared {
                 Work::Run(slot) => slot,
             };
             slot.set_run(Run::Running);
+            let from = slot.checkpoint();
+            let span = tracing::debug_span!(
+                "turn",
+                projection = %slot.name,
+                version = %slot.code.hash(),
+                role = ?slot.role(),
+                from,
+                to = tracing::field::Empty,
+            );
+            let turn = span.enter();
             let next = match std::panic::catch_unwind(AssertUnwindSafe(|| self.run_turn(&slot))) {
                 Ok(next) => next,
                 Err(panic) => {
@@ -90,6 +100,9 @@ impl Shared {
                     slot.host_fault(slot.checkpoint(), &format!("the host panicked: {reason}"))
                 }
             };
+            span.record("to", slot.checkpoint());
+            tracing::debug!("turn ended");
+            drop(turn);
             match next {
                 Next::Again => {
                     slot.set_run(Run::Queued);
@@ -150,6 +163,7 @@ impl Shared {
         commits: &mut Commits<'scope>,
     ) -> TurnEnd {
         let started = Instant::now();
+        let labels = slot.labels();
         let mut read_ahead: Option<Batch> = None;
         loop {
             if let Some(fault) = commits.failed() {
@@ -184,7 +198,11 @@ impl Shared {
             let next_after = batch.checkpoint;
             let helper =
                 scope.spawn(move || (next_after < head).then(|| self.read(slot, next_after, head)));
+            let applying = Instant::now();
             let outcome = slot.code.apply(&batch.frame, batch.events.len(), reader);
+            if let Ok(applied) = &outcome {
+                labels.batch(batch.events.len(), applying.elapsed(), applied.fuel);
+            }
             // A panic on the helper is the turn's panic (caught around the turn).
             let ahead = helper
                 .join()

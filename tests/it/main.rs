@@ -12,6 +12,7 @@ mod faults;
 mod hostile_clients;
 mod kill_loop;
 mod live;
+mod operator;
 mod projections;
 mod streams;
 mod tenants;

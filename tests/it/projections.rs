@@ -225,13 +225,13 @@ async fn restarts_mid_stream_apply_every_event_exactly_once() {
 
 #[tokio::test]
 async fn hostile_projections_fault_alone() {
-    // (event type, fault kind, part of the fault's message, server flags)
+    // (event type, fault kind, how the fault's message begins (its reason), server flags)
     let cases = [
-        ("Loop", "out_of_fuel", "fuel", vec![]),
+        ("Loop", "out_of_fuel", "the batch ran out of fuel", vec![]),
         (
             "Loop",
             "deadline",
-            "deadline",
+            "the call ran past its deadline of 1s",
             vec![
                 "--fuel-per-batch",
                 "1000000000000000",
@@ -239,11 +239,26 @@ async fn hostile_projections_fault_alone() {
                 "1",
             ],
         ),
-        ("Bomb", "memory", "", vec!["--guest-memory-mib", "64"]),
-        ("Panic", "trap", "", vec![]),
-        ("Sleep", "trap", "cannot wait on a clock", vec![]),
-        ("Refuse", "refused", "asked to refuse", vec![]),
-        ("Flood", "writes", "", vec!["--guest-writes-mib", "8"]),
+        (
+            "Bomb",
+            "memory",
+            "the guest tried to grow its memory to",
+            vec!["--guest-memory-mib", "64"],
+        ),
+        ("Panic", "trap", "wasm trap: wasm `unreachable`", vec![]),
+        (
+            "Sleep",
+            "trap",
+            "projections cannot wait on a clock",
+            vec![],
+        ),
+        ("Refuse", "refused", "asked to refuse this event", vec![]),
+        (
+            "Flood",
+            "writes",
+            "the batch wrote more than 8388608 bytes",
+            vec!["--guest-writes-mib", "8"],
+        ),
     ];
     let runs: Vec<_> = cases
         .into_iter()
@@ -286,8 +301,17 @@ async fn hostile_case(
     assert_eq!(error["kind"], kind, "{event_type}: {status}");
     assert_eq!(error["position"], 3, "{status}");
     assert_eq!(error["stream"], "hostile-1");
+    // The reason comes first and alone; the guest's frames, when it trapped, apart.
     let text = error["message"].as_str().unwrap();
-    assert!(!text.is_empty() && text.contains(message), "{status}");
+    assert!(text.starts_with(message), "{event_type}: {status}");
+    assert!(
+        !text.contains("backtrace") && !text.contains('\n'),
+        "{status}"
+    );
+    if kind != "refused" {
+        let frames = error["backtrace"].as_str().unwrap_or_default();
+        assert!(frames.contains("hostile.wasm!"), "{event_type}: {status}");
+    }
     assert_eq!(
         status["position"], 2,
         "the events before the bad one are applied"
