@@ -19,7 +19,9 @@ pub fn valid_name(name: &str) -> bool {
 pub const DEFAULT_LIVE_SUBSCRIPTIONS: u32 = 256;
 
 /// What one account may hold. Over a limit, a request gets 429 with `Retry-After`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Live subscriptions (`/live` routes) open at once.
@@ -46,7 +48,7 @@ impl Default for Limits {
 }
 
 /// An account as stored and shown.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Account {
     pub name: String,
     /// Seconds since the Unix epoch; 0 for the default account of an older data directory.

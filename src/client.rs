@@ -394,6 +394,63 @@ impl Remote {
         Ok(())
     }
 
+    /// `projector deploy FILE`: PUTs the component as projection `name`, then follows its
+    /// status until the new version serves (or is refused).
+    pub async fn deploy(&self, name: &str, wasm: Vec<u8>) -> Result<(), ClientError> {
+        let response = self
+            .http
+            .put(format!("{}/projections/{name}", self.base))
+            .header(reqwest::header::CONTENT_TYPE, "application/wasm")
+            .body(wasm)
+            .send()
+            .await
+            .map_err(|source| self.unreachable(source))?;
+        let accepted: Value = refusal(response)
+            .await?
+            .json()
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let version = accepted["version"].as_str().unwrap_or_default().to_owned();
+        // The folder watcher loads it within a moment; report what it made of it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let status = self
+                .call(Method::GET, &format!("/projections/{name}"), None)
+                .await;
+            if let Ok(status) = &status {
+                let serving = status["version"].as_str() == Some(version.as_str());
+                let rebuilding = status["rebuild"]["version"].as_str() == Some(version.as_str());
+                let refused = status["load_error"].as_str();
+                if serving || rebuilding || refused.is_some() {
+                    if self.json {
+                        return print_json(status);
+                    }
+                    match refused {
+                        Some(reason) if !serving && !rebuilding => {
+                            println!("{name} not loaded: {reason}")
+                        }
+                        _ if rebuilding => println!(
+                            "deployed {name} {}: rebuilding beside the serving version",
+                            &version[..12.min(version.len())]
+                        ),
+                        _ => println!(
+                            "deployed {name} {}: {}",
+                            &version[..12.min(version.len())],
+                            status["state"].as_str().unwrap_or_default()
+                        ),
+                    }
+                    return Ok(());
+                }
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(ClientError::Protocol(format!(
+                    "{name} was accepted but not loaded within a minute"
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
     async fn call(
         &self,
         method: Method,

@@ -25,6 +25,7 @@ pub mod http;
 pub mod log;
 mod reopen;
 pub mod runtime;
+pub mod scaffold;
 pub mod scheduler;
 pub mod server;
 pub mod telemetry;

@@ -11,6 +11,7 @@ use tracing_subscriber::EnvFilter;
 use projector::auth::{AuthMode, KeyStore, NewKey, Scope};
 use projector::client::Remote;
 use projector::runtime::Limits;
+use projector::scaffold;
 use projector::server::{self, ServeConfig};
 
 #[derive(Parser)]
@@ -178,6 +179,34 @@ enum Command {
         #[command(flatten)]
         remote: RemoteArgs,
     },
+    /// Scaffold a projection crate: a subscription, an `apply`, a native test.
+    New {
+        name: String,
+        /// Where to create the crate's folder.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The `sdk/` folder of a Projector checkout (default: the source tree this binary was
+        /// built from).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
+    /// Build a projection crate to a component (`cargo build --release --target
+    /// wasm32-wasip2`) and print the `.wasm`'s path.
+    Build {
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Deploy a component to a running server (`PUT /projections/{name}`).
+    Deploy {
+        file: PathBuf,
+        /// The projection's name (default: the file's name without `.wasm`, `_` as `-`).
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Print a shell completion script.
+    Completions { shell: clap_complete::Shell },
     /// API keys: create, list, revoke (admin scope).
     Keys {
         #[command(subcommand)]
@@ -413,6 +442,43 @@ async fn run() -> anyhow::Result<()> {
             remote,
         } => remote.remote()?.read(&stream, from, follow).await?,
         Command::Keys { command } => keys(command).await?,
+        Command::New { name, dir, sdk } => {
+            let sdk = scaffold::sdk_path(sdk.as_deref())?;
+            let root = scaffold::new(&name, &dir, &sdk)?;
+            println!("created {}", root.display());
+            println!("  test:   cd {} && cargo test", root.display());
+            println!("  build:  projector build {}", root.display());
+            println!(
+                "  deploy: projector deploy {}/target/wasm32-wasip2/release/{}.wasm --name {name}",
+                root.display(),
+                name.replace('-', "_")
+            );
+        }
+        Command::Build { dir } => {
+            let wasm = tokio::task::spawn_blocking(move || scaffold::build(&dir)).await??;
+            println!("{}", wasm.display());
+        }
+        Command::Deploy { file, name, remote } => {
+            let name = match name {
+                Some(name) => name,
+                None => file
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .map(|s| s.replace('_', "-"))
+                    .context("name the projection with --name")?,
+            };
+            let wasm =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            remote.remote()?.deploy(&name, wasm).await?
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "projector",
+                &mut std::io::stdout(),
+            );
+        }
         Command::Accounts { command } => match command {
             AccountsCommand::List { remote } => remote.remote()?.list_accounts().await?,
             AccountsCommand::Create {

@@ -7,7 +7,12 @@
 //! The names are listed in README.md; every per-projection series carries `account`,
 //! `projection` and `role` (`serving` or `building`).
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::time::Duration;
+
+use axum::http::{Method, StatusCode};
+use metrics::{Counter, Histogram};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use metrics_util::MetricKindMask;
@@ -25,6 +30,9 @@ const EVENTS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0, 4096.0, 16384.0, 50000.0,
 ];
 
+/// How often histogram samples are folded into their buckets.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
 /// Installs the process-wide recorder; `None` if one is installed already (a second server in
 /// one process, as in unit tests, then records into the first one's).
 pub fn install() -> Option<PrometheusHandle> {
@@ -40,6 +48,18 @@ pub fn install() -> Option<PrometheusHandle> {
         .idle_timeout(MetricKindMask::GAUGE, Some(Duration::from_millis(1)));
     let handle = builder.install_recorder().ok()?;
     describe();
+    // Histograms keep their samples until upkeep folds them in: without a scrape they would
+    // grow with every request. The upkeep thread lives as long as the process.
+    let upkeep = handle.clone();
+    std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_EVERY);
+                upkeep.run_upkeep();
+            }
+        })
+        .ok()?;
     Some(handle)
 }
 
@@ -122,16 +142,34 @@ pub fn group_commit(events: usize) {
     metrics::histogram!("projector_group_commit_events").record(events as f64);
 }
 
-/// An HTTP request answered.
-pub fn http_request(route: &str, method: &str, status: u16, elapsed: Duration) {
-    let labels = [
-        ("route", route.to_owned()),
-        ("method", method.to_owned()),
-        ("status", status.to_string()),
-    ];
-    metrics::counter!("projector_http_requests_total", &labels).increment(1);
-    metrics::histogram!("projector_http_request_duration_seconds", &labels)
-        .record(elapsed.as_secs_f64());
+/// An HTTP request answered. Its counter and histogram are looked up once per thread and
+/// (route, method, status), then kept: a request costs two atomic updates and no allocation.
+pub fn http_request(route: &str, method: &Method, status: StatusCode, elapsed: Duration) {
+    type Handles = HashMap<String, HashMap<(Method, StatusCode), (Counter, Histogram)>>;
+    thread_local! {
+        static HANDLES: RefCell<Handles> = RefCell::new(HashMap::new());
+    }
+    HANDLES.with_borrow_mut(|handles| {
+        if !handles.contains_key(route) {
+            handles.insert(route.to_owned(), HashMap::new());
+        }
+        let by_answer = handles.get_mut(route).expect("inserted above");
+        let (counter, histogram) = by_answer
+            .entry((method.clone(), status))
+            .or_insert_with(|| {
+                let labels = [
+                    ("route", route.to_owned()),
+                    ("method", method.as_str().to_owned()),
+                    ("status", status.as_u16().to_string()),
+                ];
+                (
+                    metrics::counter!("projector_http_requests_total", &labels),
+                    metrics::histogram!("projector_http_request_duration_seconds", &labels),
+                )
+            });
+        counter.increment(1);
+        histogram.record(elapsed.as_secs_f64());
+    });
 }
 
 /// The labels of one projection version's series.

@@ -46,6 +46,7 @@ impl std::fmt::Display for AuthMode {
     Serialize,
     Deserialize,
     clap::ValueEnum,
+    utoipa::ToSchema,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {

@@ -70,7 +70,7 @@ struct KeyRecord {
 }
 
 /// What the API shows of a key.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct KeyInfo {
     pub id: String,
     pub account: String,
@@ -82,7 +82,7 @@ pub struct KeyInfo {
 }
 
 /// What a new key is asked to be.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 pub struct NewKey {
     pub account: String,
     pub scopes: Vec<Scope>,

@@ -78,6 +78,12 @@ impl ApiError {
         }
     }
 
+    /// Adds `Retry-After: seconds`.
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
     /// Says which part of the request the error is about.
     pub fn context(mut self, context: String) -> Self {
         self.message = format!("{context}: {}", self.message);

@@ -46,14 +46,32 @@ pub type LiveBudget = Arc<Semaphore>;
 /// One queued event and its share of the byte budgets.
 type Queued = (Event, (OwnedSemaphorePermit, OwnedSemaphorePermit));
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LiveParams {
     /// First event to send (inclusive): a revision for a stream, a position otherwise.
     from: Option<u64>,
+    /// The API key, for clients that cannot send headers (browsers' `EventSource`).
+    #[allow(dead_code)]
+    access_token: Option<String>,
 }
 
 /// `GET /streams/{stream}/live?from=`: with neither `from` nor `Last-Event-ID`, only events
 /// appended after the subscription starts.
+#[utoipa::path(
+    get,
+    path = "/streams/{stream}/live",
+    tag = "streams",
+    params(
+        ("stream" = String, Path, description = "A stream, `$all`, or `$ce-<category>`"),
+        LiveParams,
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event (exclusive)"),
+    ),
+    responses(
+        (status = 200, description = "Server-Sent Events: one `event` per log event, its position (or revision) as the id", content_type = "text/event-stream", body = String),
+        (status = 429, description = "The account holds its limit of live subscriptions", body = super::openapi::ErrorBody),
+    )
+)]
 pub async fn subscribe(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,

@@ -8,9 +8,11 @@
 
 mod admin;
 mod auth;
+mod dashboard;
 mod encode;
 mod error;
 pub mod live;
+pub mod openapi;
 mod projections;
 pub mod serve;
 mod streams;
@@ -30,7 +32,6 @@ use tokio::sync::watch;
 
 pub use error::ApiError;
 
-use projections::Action;
 pub use streams::NDJSON;
 
 use crate::auth::{AuthMode, KeyStore, Scope};
@@ -104,8 +105,15 @@ fn routes_with_handlers() -> Vec<(Route, MethodRouter<AppState>)> {
         )
     };
     let mut all = vec![
+        route(Method::GET, "/", Public, get(dashboard::page)),
         route(Method::GET, "/health", Public, get(health)),
         route(Method::GET, "/metrics", Needs(Read), get(metrics)),
+        route(
+            Method::GET,
+            "/openapi.json",
+            Public,
+            get(openapi::openapi_json),
+        ),
         route(
             Method::GET,
             "/streams/{stream}",
@@ -152,31 +160,31 @@ fn routes_with_handlers() -> Vec<(Route, MethodRouter<AppState>)> {
             Method::POST,
             "/projections/{name}/rebuild",
             Needs(Deploy),
-            control(Action::Rebuild),
+            post(projections::rebuild),
         ),
         route(
             Method::POST,
             "/projections/{name}/pause",
             Needs(Deploy),
-            control(Action::Pause),
+            post(projections::pause),
         ),
         route(
             Method::POST,
             "/projections/{name}/resume",
             Needs(Deploy),
-            control(Action::Resume),
+            post(projections::resume),
         ),
         route(
             Method::POST,
             "/projections/{name}/retry",
             Needs(Deploy),
-            control(Action::Retry),
+            post(projections::retry),
         ),
         route(
             Method::POST,
             "/projections/{name}/skip",
             Needs(Deploy),
-            control(Action::Skip),
+            post(projections::skip),
         ),
         route(
             Method::GET,
@@ -257,14 +265,14 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// A `POST` route for an operator's action on a projection.
-fn control(action: Action) -> MethodRouter<AppState> {
-    post(move |tenant: tenant::Tenant, path| projections::control(tenant, path, action))
-}
-
 /// `GET /health`: 200 `{"status": "ok", "head"}` while the log takes appends; 503 with
 /// `"status": "degraded"` (the disk is full or the log is being reopened: reads are served,
 /// appends refused) or `"failing"` (the log writer is gone until a restart), with a reason.
+#[utoipa::path(get, path = "/health", tag = "meta",
+    responses(
+        (status = 200, description = "The log takes appends", body = openapi::Health),
+        (status = 503, description = "`degraded` (appends refused, reads served) or `failing` (restart)", body = openapi::Health),
+    ))]
 async fn health(State(state): State<AppState>) -> impl IntoResponse {
     let head = *state.log.head().borrow();
     let (status, reason) = match state.log.health() {
@@ -287,6 +295,12 @@ async fn health(State(state): State<AppState>) -> impl IntoResponse {
 
 /// `GET /metrics`: Prometheus' text format. Every account's series are in it, so with keys it
 /// takes a key of the root account (the operator's); another account's key is refused.
+#[utoipa::path(get, path = "/metrics", tag = "meta",
+    responses(
+        (status = 200, description = "Prometheus text format", content_type = "text/plain", body = String),
+        (status = 403, description = "A key of another account than root", body = openapi::ErrorBody),
+        (status = 404, description = "This server records no metrics", body = openapi::ErrorBody),
+    ))]
 async fn metrics(
     State(state): State<AppState>,
     principal: Option<axum::Extension<Arc<crate::auth::Principal>>>,

@@ -24,13 +24,27 @@ const MAX_PAGE: usize = 1000;
 const DEFAULT_WAIT: Duration = Duration::from_secs(5);
 const MAX_WAIT: Duration = Duration::from_secs(30);
 
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ProjectionList {
+    projections: Vec<crate::scheduler::Status>,
+}
+
 /// `GET /projections`
+#[utoipa::path(get, path = "/projections", tag = "projections",
+    responses((status = 200, description = "Every projection's status", body = ProjectionList)))]
 pub async fn list(Tenant(tenant): Tenant) -> impl IntoResponse {
-    let all = tenant.projections.statuses();
-    axum::Json(serde_json::json!({ "projections": all }))
+    axum::Json(ProjectionList {
+        projections: tenant.projections.statuses(),
+    })
 }
 
 /// `GET /projections/{name}`
+#[utoipa::path(get, path = "/projections/{name}", tag = "projections",
+    params(("name" = String, Path)),
+    responses(
+        (status = 200, description = "The projection's status", body = crate::scheduler::Status),
+        (status = 404, description = "No such projection", body = super::openapi::ErrorBody),
+    ))]
 pub async fn status(
     Tenant(tenant): Tenant,
     path: Result<Path<String>, PathRejection>,
@@ -45,6 +59,14 @@ pub async fn status(
 
 /// `PUT /projections/{name}` with a `.wasm` body: deploys it through the projections folder
 /// (202; the status shows the new version once the watcher has loaded it).
+#[utoipa::path(put, path = "/projections/{name}", tag = "projections",
+    params(("name" = String, Path, description = "1 to 64 of a-z, 0-9, - and _")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "A WebAssembly component (any content type is taken)"),
+    responses(
+        (status = 202, description = "Written to the projections folder; loaded within a moment", body = Deployed),
+        (status = 413, description = "Over 32 MiB", body = super::openapi::ErrorBody),
+        (status = 429, description = "The account's views are at their storage limit", body = super::openapi::ErrorBody),
+    ))]
 pub async fn put(
     Tenant(tenant): Tenant,
     path: Result<Path<String>, PathRejection>,
@@ -75,15 +97,17 @@ pub async fn put(
             .map_err(ApiError::internal)
     })
     .await??;
-    Ok((
-        StatusCode::ACCEPTED,
-        axum::Json(serde_json::json!({ "name": name, "version": version })),
-    )
-        .into_response())
+    Ok((StatusCode::ACCEPTED, axum::Json(Deployed { name, version })).into_response())
 }
 
 /// `DELETE /projections/{name}`: removes the projection's file from the folder (202); the
 /// watcher then stops it and deletes its storage.
+#[utoipa::path(delete, path = "/projections/{name}", tag = "projections",
+    params(("name" = String, Path)),
+    responses(
+        (status = 202, description = "Removed from the folder; stopped and its storage deleted within a moment", body = Removed),
+        (status = 404, description = "No such projection", body = super::openapi::ErrorBody),
+    ))]
 pub async fn remove(
     Tenant(tenant): Tenant,
     path: Result<Path<String>, PathRejection>,
@@ -98,12 +122,28 @@ pub async fn remove(
     match removed {
         Ok(true) => Ok((
             StatusCode::ACCEPTED,
-            axum::Json(serde_json::json!({ "name": name, "removed": true })),
+            axum::Json(Removed {
+                name,
+                removed: true,
+            }),
         )
             .into_response()),
         Ok(false) => Err(unknown(&name)),
         Err(e) => Err(ApiError::internal(e)),
     }
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Deployed {
+    name: String,
+    /// SHA-256 of the component.
+    version: String,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Removed {
+    name: String,
+    removed: bool,
 }
 
 /// What an operator asks of a projection.
@@ -116,9 +156,84 @@ pub enum Action {
     Skip,
 }
 
+/// `POST /projections/{name}/rebuild`
+#[utoipa::path(post, path = "/projections/{name}/rebuild", tag = "projections",
+    params(("name" = String, Path)),
+    responses(
+        (status = 202, description = "Rebuilding from position 0 beside the serving version", body = crate::scheduler::Status),
+        (status = 404, description = "No such projection", body = super::openapi::ErrorBody),
+        (status = 409, description = "A rebuild is under way", body = super::openapi::ErrorBody),
+        (status = 422, description = "The file no longer loads", body = super::openapi::ErrorBody),
+        (status = 429, description = "The account's views are at their storage limit", body = super::openapi::ErrorBody),
+    ))]
+pub async fn rebuild(
+    tenant: Tenant,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    control(tenant, path, Action::Rebuild).await
+}
+
+/// `POST /projections/{name}/pause`
+#[utoipa::path(post, path = "/projections/{name}/pause", tag = "projections",
+    params(("name" = String, Path)),
+    responses(
+        (status = 200, description = "Paused, with its rebuild", body = crate::scheduler::Status),
+        (status = 404, description = "No such projection", body = super::openapi::ErrorBody),
+    ))]
+pub async fn pause(
+    tenant: Tenant,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    control(tenant, path, Action::Pause).await
+}
+
+/// `POST /projections/{name}/resume`
+#[utoipa::path(post, path = "/projections/{name}/resume", tag = "projections",
+    params(("name" = String, Path)),
+    responses(
+        (status = 200, description = "Running again", body = crate::scheduler::Status),
+        (status = 404, description = "No such projection", body = super::openapi::ErrorBody),
+    ))]
+pub async fn resume(
+    tenant: Tenant,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    control(tenant, path, Action::Resume).await
+}
+
+/// `POST /projections/{name}/retry`
+#[utoipa::path(post, path = "/projections/{name}/retry", tag = "projections",
+    params(("name" = String, Path)),
+    responses(
+        (status = 200, description = "Retried now rather than after its backoff", body = crate::scheduler::Status),
+        (status = 404, description = "No such projection", body = super::openapi::ErrorBody),
+        (status = 409, description = "It is not faulted", body = super::openapi::ErrorBody),
+    ))]
+pub async fn retry(
+    tenant: Tenant,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    control(tenant, path, Action::Retry).await
+}
+
+/// `POST /projections/{name}/skip`
+#[utoipa::path(post, path = "/projections/{name}/skip", tag = "projections",
+    params(("name" = String, Path)),
+    responses(
+        (status = 200, description = "Moved past the event it failed on (recorded in `skipped`)", body = crate::scheduler::Status),
+        (status = 404, description = "No such projection", body = super::openapi::ErrorBody),
+        (status = 409, description = "It is not faulted, or is being retried", body = super::openapi::ErrorBody),
+    ))]
+pub async fn skip(
+    tenant: Tenant,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    control(tenant, path, Action::Skip).await
+}
+
 /// `POST /projections/{name}/{rebuild,pause,resume,retry,skip}`: the status after the action
 /// (202 for a rebuild, which runs on).
-pub async fn control(
+async fn control(
     Tenant(tenant): Tenant,
     path: Result<Path<String>, PathRejection>,
     action: Action,
@@ -177,7 +292,8 @@ fn refused(error: ControlError) -> ApiError {
     ApiError::new(status, code, error.to_string())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct WaitParams {
     /// Answer only once the projection has applied this position.
     wait_for: Option<Position>,
@@ -186,6 +302,13 @@ pub struct WaitParams {
 }
 
 /// `GET /projections/{name}/view/{key}`: the document, as stored.
+#[utoipa::path(get, path = "/projections/{name}/view/{key}", tag = "views",
+    params(("name" = String, Path), ("key" = String, Path, description = "The document's key; may hold `/`"), WaitParams),
+    responses(
+        (status = 200, description = "The document, as the projection stored it (JSON)", content_type = "application/json", body = Object),
+        (status = 404, description = "No such projection or document", body = super::openapi::ErrorBody),
+        (status = 409, description = "The projection did not reach `wait_for` in time (`wait_timeout`; retry later)", body = super::openapi::ErrorBody),
+    ))]
 pub async fn document(
     Tenant(tenant): Tenant,
     path: Result<Path<(String, String)>, PathRejection>,
@@ -212,7 +335,8 @@ pub async fn document(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageParams {
     #[serde(default)]
     prefix: String,
@@ -224,7 +348,34 @@ pub struct PageParams {
     timeout_ms: Option<u64>,
 }
 
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct DocumentPage {
+    documents: Vec<PageItem>,
+    /// The next page's URL (path and query), `null` at the end.
+    next: Option<String>,
+    /// The position the view had applied when read.
+    position: u64,
+}
+
+/// A document of a page: its value, or an error for bytes that are not JSON.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct PageItem {
+    key: String,
+    #[schema(value_type = Option<Object>)]
+    value: Option<serde_json::Value>,
+    error: Option<super::openapi::ErrorDetail>,
+}
+
 /// `GET /projections/{name}/view?prefix=&after=&limit=`: documents in key order.
+#[utoipa::path(get, path = "/projections/{name}/view", tag = "views",
+    params(("name" = String, Path), PageParams),
+    responses(
+        (status = 200, description = "A page of documents in key order", body = DocumentPage),
+        (status = 404, description = "No such projection", body = super::openapi::ErrorBody),
+        (status = 409, description = "The projection did not reach `wait_for` in time (`wait_timeout`; retry later)", body = super::openapi::ErrorBody),
+    ))]
 pub async fn page(
     Tenant(tenant): Tenant,
     path: Result<Path<String>, PathRejection>,
@@ -298,11 +449,13 @@ async fn ready_view(
         if !projections.wait_for(name, position, timeout).await {
             // Removed while waiting, or still there but not that far.
             projections.view(name).ok_or_else(|| unknown(name))?;
+            // A state the view is not in yet, not a failure of the server: 409, to retry.
             return Err(ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
+                StatusCode::CONFLICT,
                 "wait_timeout",
                 format!("projection {name:?} did not reach position {position} within {timeout:?}"),
-            ));
+            )
+            .retry_after(1));
         }
     }
     // Taken after the wait: a rebuilt version may have been swapped in meanwhile.

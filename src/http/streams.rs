@@ -73,9 +73,50 @@ pub fn path_param(path: Result<Path<String>, PathRejection>) -> Result<String, A
         .map_err(|r| rejection("invalid_path", r))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AppendParams {
+    /// `any` (default), `no_stream`, `exists`, or the exact revision of the stream's last
+    /// event.
     expected_revision: Option<String>,
+}
+
+/// One event of an append request.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct NewEventJson {
+    /// 1 to 256 bytes.
+    #[schema(rename = "type")]
+    r#type: String,
+    /// Any JSON, at most 1 MiB with the metadata.
+    #[schema(value_type = Object)]
+    data: serde_json::Value,
+    #[schema(value_type = Option<Object>)]
+    metadata: Option<serde_json::Value>,
+    /// The client's id for the event: a retry with the same ids is stored once.
+    #[schema(format = Uuid)]
+    id: Option<String>,
+}
+
+/// Where an append's events landed.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Appended {
+    stream: String,
+    first_position: u64,
+    last_position: u64,
+    first_revision: u64,
+    last_revision: u64,
+    /// True when this was a retry of a stored append: nothing was written.
+    deduplicated: bool,
+    events: Vec<AppendedEvent>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct AppendedEvent {
+    #[schema(format = Uuid)]
+    id: Uuid,
+    position: u64,
+    revision: u64,
 }
 
 #[derive(Deserialize)]
@@ -93,6 +134,21 @@ struct EventBody<'a> {
 
 /// `POST /streams/{stream}`: a JSON array of `{type, data, metadata?, id?}`.
 /// 201 when written, 200 when the same batch had been appended before (a retry).
+#[utoipa::path(
+    post,
+    path = "/streams/{stream}",
+    tag = "streams",
+    params(("stream" = String, Path, description = "1 to 256 bytes, not starting with `$`"), AppendParams),
+    request_body(content = Vec<NewEventJson>, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Written, durably", body = Appended),
+        (status = 200, description = "A retry of a stored append: nothing written", body = Appended),
+        (status = 409, description = "The expected revision does not hold, or an id is stored elsewhere", body = super::openapi::ErrorBody),
+        (status = 413, description = "Over 32 MiB", body = super::openapi::ErrorBody),
+        (status = 415, description = "Not application/json", body = super::openapi::ErrorBody),
+        (status = 507, description = "The disk is full", body = super::openapi::ErrorBody),
+    )
+)]
 pub async fn append(
     Tenant(tenant): Tenant,
     path: Result<Path<String>, PathRejection>,
@@ -153,26 +209,26 @@ pub async fn append(
         .into_response())
 }
 
-fn append_response(stream: &StreamName, count: u64, o: &AppendOutcome) -> serde_json::Value {
-    let events: Vec<_> = o
+fn append_response(stream: &StreamName, count: u64, o: &AppendOutcome) -> Appended {
+    let events = o
         .ids
         .iter()
         .zip(0..)
-        .map(|(id, i)| {
-            serde_json::json!({
-                "id": id, "position": o.first_position + i, "revision": o.first_revision + i,
-            })
+        .map(|(id, i)| AppendedEvent {
+            id: *id,
+            position: o.first_position + i,
+            revision: o.first_revision + i,
         })
         .collect();
-    serde_json::json!({
-        "stream": stream.as_str(),
-        "first_position": o.first_position,
-        "last_position": o.first_position + count - 1,
-        "first_revision": o.first_revision,
-        "last_revision": o.first_revision + count - 1,
-        "deduplicated": o.deduplicated,
-        "events": events,
-    })
+    Appended {
+        stream: stream.as_str().to_owned(),
+        first_position: o.first_position,
+        last_position: o.first_position + count - 1,
+        first_revision: o.first_revision,
+        last_revision: o.first_revision + count - 1,
+        deduplicated: o.deduplicated,
+        events,
+    }
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
@@ -192,16 +248,32 @@ fn wants_ndjson(headers: &HeaderMap) -> bool {
         .any(|mime| mime.split(';').next().unwrap_or("").trim() == NDJSON)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ReadParams {
+    /// First event (inclusive): a revision for a stream, a position for `$all` and a category.
     from: Option<u64>,
+    /// Events per page, 1 to 1,000 (default 100); ignored by NDJSON, which streams to the head.
     limit: Option<usize>,
+    /// `forward` (default) or `backward`.
     #[serde(default)]
+    #[param(value_type = Option<String>)]
     direction: Direction,
 }
 
 /// `GET /streams/{stream}`: a JSON page `{events, next}`, or with `Accept: application/x-ndjson`
 /// every event from `from` up to the head as the request arrived, one per line.
+#[utoipa::path(
+    get,
+    path = "/streams/{stream}",
+    tag = "streams",
+    params(("stream" = String, Path, description = "A stream, `$all`, or `$ce-<category>`"), ReadParams),
+    responses(
+        (status = 200, description = "A page of events, or (Accept: application/x-ndjson) every event to the head, one per line",
+            content((super::openapi::EventPage = "application/json"), (String = "application/x-ndjson"))),
+        (status = 404, description = "The stream or category has no events", body = super::openapi::ErrorBody),
+    )
+)]
 pub async fn read(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,

@@ -9,7 +9,7 @@ use crate::log::Position;
 use crate::runtime::FaultKind;
 
 /// A projection's state as the API shows it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
     /// Applying events; behind the head.
@@ -25,7 +25,7 @@ pub enum State {
 }
 
 /// Why a projection stopped.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct FaultReport {
     pub kind: FaultKind,
     /// The reason, first and alone: the guest's error, the trap's cause, or the limit hit.
@@ -42,7 +42,7 @@ pub struct FaultReport {
 
 /// An event an operator skipped after the projection faulted on it. Kept in the view, with the
 /// checkpoint that steps past it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SkipRecord {
     pub position: Position,
     pub event_id: String,
@@ -51,14 +51,14 @@ pub struct SkipRecord {
     pub message: String,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct SubscriptionReport {
     pub streams: Vec<String>,
     pub categories: Vec<String>,
     pub event_types: Vec<String>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Status {
     pub name: String,
     pub state: State,
@@ -81,7 +81,7 @@ pub struct Status {
 }
 
 /// Progress of a version rebuilding beside the serving one.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct RebuildStatus {
     pub state: State,
     pub version: String,

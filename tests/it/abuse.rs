@@ -170,7 +170,13 @@ async fn a_silent_connection_is_closed_by_the_header_timeout() {
 #[tokio::test]
 async fn ndjson_readers_that_never_read_pin_no_thread_and_are_capped() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start_with(dir.path(), &["--max-streams", "530"]);
+    // A send timeout longer than the test: the readers that never read must all still hold
+    // their streams when the last one starts, however slow the machine is that day (with the
+    // default 30 s, the first ones were closed before the last 530th began, on a loaded CI).
+    let server = Server::start_with(
+        dir.path(),
+        &["--max-streams", "530", "--send-timeout", "600"],
+    );
     let client = client();
     // 32 MB: more than the socket buffers of a reader hold, so none of them finishes.
     append_large(&client, &server, "big-1", 4000, 8_000).await;

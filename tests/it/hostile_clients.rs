@@ -32,7 +32,7 @@ async fn page_route_takes_wait_for_and_timeout_ms() {
         &server.url("/projections/order-summary/view?prefix=order/&wait_for=999&timeout_ms=100"),
     )
     .await;
-    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
 }
 
 #[tokio::test]

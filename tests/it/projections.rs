@@ -156,7 +156,7 @@ async fn order_summary_documents_follow_the_orders() {
     .await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
-        (StatusCode::GATEWAY_TIMEOUT, Some("wait_timeout"))
+        (StatusCode::CONFLICT, Some("wait_timeout"))
     );
 }
 
