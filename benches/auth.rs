@@ -74,17 +74,7 @@ fn main() {
             let mode = figures.mode;
             // Start each server on a quiet disk.
             std::process::Command::new("sync").status().unwrap();
-            let data = scratch.path().join(format!("{mode}-{run}"));
-            std::fs::create_dir_all(data.join("deploy")).unwrap();
-            std::fs::write(data.join("deploy/stream-stats.wasm"), guest("stream_stats")).unwrap();
-            let server = Server::start_with(&data, &["--auth", mode]);
-            let addr = server.base.trim_start_matches("http://").to_owned();
-            let auth = if mode == "keys" {
-                let token = std::fs::read_to_string(data.join("root.token")).unwrap();
-                format!("authorization: Bearer {}\r\n", token.trim())
-            } else {
-                String::new()
-            };
+            let (server, addr, auth) = start(&scratch.path().join(format!("{mode}-{run}")), mode);
             let (append_rate, get_rate, get_cpu) = tokio.block_on(async {
                 let append_rate = appends(&addr, &auth, 64, seconds).await;
                 // Every stream's document is there once stream-stats caught up.
@@ -106,6 +96,7 @@ fn main() {
             figures.get_cpu.push(get_cpu);
         }
     }
+    let interleaved = interleaved(&tokio, scratch.path(), runs.max(2) * 4);
     let check = key_check_cost(scratch.path());
     let [none, keys] = &results;
     let med = |xs: &Vec<f64>| median(xs.clone());
@@ -128,11 +119,72 @@ fn main() {
         kc * 1e6,
         kc / nc
     );
+    let [(ia_none, ia_keys), (ig_none, ig_keys)] = interleaved;
+    println!(
+        "| append, interleaved slices, events/s | {ia_none:.0} | {ia_keys:.0} | {:.3} |",
+        ia_keys / ia_none
+    );
+    println!(
+        "| view GET, interleaved slices, requests/s | {ig_none:.0} | {ig_keys:.0} | {:.3} |",
+        ig_keys / ig_none
+    );
     println!(
         "| the key check alone (parse, SHA-256, lookup), µs per request | | {:.2} | {:.3} of a GET's CPU |",
         check.as_secs_f64() * 1e6,
         check.as_secs_f64() / nc
     );
+}
+
+/// A release server over `data` with `stream-stats`, in auth `mode`: the server, its address,
+/// and the header line its requests carry (the root key's, with keys).
+fn start(data: &std::path::Path, mode: &str) -> (Server, String, String) {
+    std::fs::create_dir_all(data.join("deploy")).unwrap();
+    std::fs::write(data.join("deploy/stream-stats.wasm"), guest("stream_stats")).unwrap();
+    let server = Server::start_with(data, &["--auth", mode]);
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let auth = if mode == "keys" {
+        let token = std::fs::read_to_string(data.join("root.token")).unwrap();
+        format!("authorization: Bearer {}\r\n", token.trim())
+    } else {
+        String::new()
+    };
+    (server, addr, auth)
+}
+
+/// Both servers at once, measured in alternating one-second slices (each mode first in every
+/// other slice), `slices` of each: drift that lasts longer than a second falls on both alike.
+/// Returns (none, keys) rates for appends, then for view GETs.
+fn interleaved(
+    tokio: &tokio::runtime::Runtime,
+    scratch: &std::path::Path,
+    slices: usize,
+) -> [(f64, f64); 2] {
+    let slice = Duration::from_secs(1);
+    let servers: Vec<(Server, String, String)> = ["none", "keys"]
+        .into_iter()
+        .map(|mode| start(&scratch.join(format!("interleaved-{mode}")), mode))
+        .collect();
+    tokio.block_on(async {
+        let mut totals = [[0.0f64; 2]; 2];
+        for (kind, total) in totals.iter_mut().enumerate() {
+            for n in 0..slices {
+                let order = if n % 2 == 0 { [0, 1] } else { [1, 0] };
+                for i in order {
+                    let (_, addr, auth) = &servers[i];
+                    total[i] += if kind == 0 {
+                        appends(addr, auth, 64, slice).await
+                    } else {
+                        view_gets(addr, auth, 16, slice).await
+                    };
+                }
+            }
+            if kind == 0 {
+                // Every stream's document is there once stream-stats caught up.
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+        totals.map(|[none, keys]| (none / slices as f64, keys / slices as f64))
+    })
 }
 
 /// What `KeyStore::verify` costs per call, in process: the part of a keyed request the server

@@ -194,7 +194,15 @@ async fn ndjson_readers_that_never_read_pin_no_thread_and_are_capped() {
             .unwrap();
         stalled.push(stream);
     }
-    // Over the cap, once all 530 are streaming: a 503 with Retry-After. (Generous bounds: the
+    // Each is answered (its status line read, nothing more) before the probe below runs: a
+    // probe that took a stream while the last readers started would leave one of them a 503,
+    // and the cap one short for good.
+    for stream in &mut stalled {
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await.unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200");
+    }
+    // Over the cap, with all 530 streaming: a 503 with Retry-After. (Generous bounds: the
     // suite runs tests side by side on two cores; what this catches is a hang.)
     let deadline = Instant::now() + Duration::from_secs(90);
     let response = loop {
