@@ -119,7 +119,8 @@ pub struct KeyStore {
     /// Every key by id, replaced whole by each change; read without a lock.
     keys: ArcSwap<HashMap<String, Arc<LiveKey>>>,
     /// Held by a change (of a key or an account) across its write: one at a time. Taken
-    /// alone.
+    /// first: `set_limits` applies new limits to the tenant under it (which takes the
+    /// tenant's quota lock, and nothing else).
     writing: Mutex<()>,
     /// Bumped by each revocation, so that open live subscriptions check their key again.
     revocations: watch::Sender<u64>,
@@ -200,14 +201,22 @@ impl KeyStore {
         Ok(account)
     }
 
-    /// Replaces an account's limits. Blocking: it commits.
-    pub fn set_limits(&self, name: &str, limits: Limits) -> Result<Account, StoreError> {
+    /// Replaces an account's limits and hands the stored account to `apply` before the next
+    /// change may start, so that whoever applies limits applies them in the order they were
+    /// stored. Blocking: it commits.
+    pub fn set_limits(
+        &self,
+        name: &str,
+        limits: Limits,
+        apply: impl FnOnce(&Account),
+    ) -> Result<Account, StoreError> {
         let _writing = self.writing.lock();
         let mut account = self
             .account(name)
             .ok_or_else(|| StoreError::UnknownAccount(name.to_owned()))?;
         account.limits = limits;
         self.write_account(&account)?;
+        apply(&account);
         Ok(account)
     }
 

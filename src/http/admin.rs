@@ -81,13 +81,16 @@ pub async fn set_limits(
 ) -> Result<Response, ApiError> {
     let Path(name) = path.map_err(|r| rejection("invalid_path", r))?;
     let Json(limits) = body.map_err(|r| rejection("invalid_body", r))?;
-    let keys = state.keys.clone();
-    let account = tokio::task::spawn_blocking(move || keys.set_limits(&name, limits))
-        .await?
-        .map_err(refused)?;
-    if let Some(tenant) = state.tenants.get(&account.name) {
-        tenant.set_limits(account.limits);
-    }
+    let (keys, tenants) = (state.keys.clone(), state.tenants.clone());
+    let account = tokio::task::spawn_blocking(move || {
+        keys.set_limits(&name, limits, |account| {
+            if let Some(tenant) = tenants.get(&account.name) {
+                tenant.set_limits(account.limits);
+            }
+        })
+    })
+    .await?
+    .map_err(refused)?;
     Ok(Json(account).into_response())
 }
 
