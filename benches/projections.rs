@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use order_summary::OrderSummaryProjection;
 use projector::log::Log;
-use projector::runtime::Limits;
+use projector::runtime::{Limits, Runtime};
 use projector::scheduler::{DEFAULT_BATCH, Projections, SchedulerConfig};
 use projector_sdk::Projection;
 use projector_sdk::harness::Harness;
@@ -40,16 +40,16 @@ fn replay(log_dir: &Path, wasm: &[u8], tokio: &tokio::runtime::Runtime) -> f64 {
     let config = SchedulerConfig {
         projections: scratch.path().join("deploy"),
         views: scratch.path().join("views"),
-        cache: Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-cache"),
         workers: 2,
-        limits: Limits::default(),
         max_batch: DEFAULT_BATCH,
         watch: false,
         quota: None,
         account: "root".into(),
     };
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-cache");
     let start = Instant::now();
-    let projections = Projections::start(config, &log, tokio.handle().clone()).unwrap();
+    let runtime = Arc::new(Runtime::new(&cache, Limits::default()).unwrap());
+    let projections = Projections::start(config, runtime, &log, tokio.handle().clone()).unwrap();
     let loaded = start.elapsed();
     assert!(tokio.block_on(projections.wait_for("p", head, Duration::from_secs(600))));
     let elapsed = start.elapsed() - loaded;

@@ -197,15 +197,13 @@ impl Tenants {
         let scheduler = SchedulerConfig {
             projections: folder,
             views,
-            cache: layout.cache(),
             workers: self.config.workers,
-            limits: Default::default(),
             max_batch: self.config.max_batch,
             watch: true,
             quota: Some(quota.clone()),
             account: account.name.clone(),
         };
-        let projections = Projections::start_with(
+        let projections = Projections::start(
             scheduler,
             self.config.runtime.clone(),
             &log,

@@ -33,7 +33,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use crate::log::{Log, LogReader, Position};
-use crate::runtime::{Changes, Limits, Runtime};
+use crate::runtime::{Changes, Runtime};
 use crate::views::{Quota, ViewDir, ViewError, ViewStore};
 
 pub use folder::valid_name;
@@ -49,10 +49,7 @@ pub struct SchedulerConfig {
     pub projections: PathBuf,
     /// Where view databases live (`<views>/<name>/<version>.redb`).
     pub views: PathBuf,
-    /// Where compiled components are cached.
-    pub cache: PathBuf,
     pub workers: usize,
-    pub limits: Limits,
     /// Most events read from one source per batch ([`DEFAULT_BATCH`] unless testing).
     pub max_batch: usize,
     /// Follow changes to the folder (the server); without it, the folder is read once.
@@ -71,8 +68,6 @@ pub const DEFAULT_BATCH: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SchedulerError {
-    #[error(transparent)]
-    Engine(#[from] crate::runtime::EngineError),
     #[error("reading the projections folder {path}: {source}")]
     Folder {
         path: String,
@@ -120,20 +115,10 @@ struct Shared {
 impl Projections {
     /// Loads every `<name>.wasm` in the folder and starts the workers. Blocking (compiling
     /// components takes a while): call it off the reactor. Files that fail to load are
-    /// reported as invalid; they do not stop the others.
+    /// reported as invalid; they do not stop the others. `runtime` (the engine, the guests'
+    /// limits and the compile cache) may be shared with other sets of projections: each
+    /// account has its own set, all on one engine.
     pub fn start(
-        config: SchedulerConfig,
-        log: &Log,
-        tokio: tokio::runtime::Handle,
-    ) -> Result<Self, SchedulerError> {
-        let runtime = Arc::new(Runtime::new(&config.cache, config.limits.clone())?);
-        Self::start_with(config, runtime, log, tokio)
-    }
-
-    /// [`Projections::start`] on a runtime shared with other sets of projections (each
-    /// account has its own set, all on one engine). The runtime's guest limits and compile
-    /// cache apply; `config.limits` and `config.cache` are not used.
-    pub fn start_with(
         config: SchedulerConfig,
         runtime: Arc<Runtime>,
         log: &Log,

@@ -14,6 +14,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::log::{AppendRequest, ExpectedRevision, JsonPayload, NewEvent, StreamName};
+use crate::runtime::Limits;
 use crate::runtime::tests::guest;
 
 /// One generated event: (stream number, kind, numbers for its fields).
@@ -78,19 +79,18 @@ struct Node {
 }
 
 fn start(dir: &Path, log: &Log, max_batch: usize, tokio: &tokio::runtime::Runtime) -> Node {
+    let runtime = Arc::new(Runtime::new(&dir.join("cache"), Limits::default()).unwrap());
     let config = SchedulerConfig {
         projections: dir.join("deploy"),
         views: dir.join("views"),
-        cache: dir.join("cache"),
         workers: 2,
-        limits: Limits::default(),
         max_batch,
         watch: false,
         quota: None,
         account: "root".into(),
     };
     Node {
-        projections: Projections::start(config, log, tokio.handle().clone()).unwrap(),
+        projections: Projections::start(config, runtime, log, tokio.handle().clone()).unwrap(),
     }
 }
 
