@@ -1,7 +1,6 @@
 //! API keys and scopes (`--auth keys`): every route against every kind of token, the root
 //! key made at first start, revocation, restarts, the CLI, and tokens kept out of the logs.
 
-use std::path::Path;
 use std::time::Duration;
 
 use projector::auth::Scope;
@@ -9,17 +8,10 @@ use projector::http::{Access, routes};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::common::{Server, Sse, client, get_json};
+use crate::common::{Server, Sse, client, get_json, root_token};
 
 /// Where a token's secret starts: after `pk_`, the 16 hex digits of the key id, and `_`.
 const SECRET_AT: usize = "pk_0123456789abcdef_".len();
-
-fn root_token(data: &Path) -> String {
-    std::fs::read_to_string(data.join("root.token"))
-        .unwrap()
-        .trim()
-        .to_owned()
-}
 
 /// Creates a key through the admin API and returns its id and token.
 async fn key(

@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
 
-use crate::common::{Server, client, deploy, document, guest};
+use crate::common::{Server, client, deploy, document, guest, stdout};
 use serde_json::Value;
 
 fn projector(server: &Server, args: &[&str]) -> Output {
@@ -13,15 +13,6 @@ fn projector(server: &Server, args: &[&str]) -> Output {
         .args(["--server", &server.base])
         .output()
         .expect("running projector")
-}
-
-fn stdout(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout.clone()).unwrap()
 }
 
 #[tokio::test]

@@ -461,3 +461,22 @@ pub async fn assert_views_match_native(client: &reqwest::Client, server: &Server
     }
     compared
 }
+
+/// The root key a server made at its first start with `--auth keys`.
+pub fn root_token(data: &Path) -> String {
+    std::fs::read_to_string(data.join("root.token"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// What a command printed, which must have succeeded (else both its outputs are shown).
+pub fn stdout(output: &std::process::Output) -> String {
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).unwrap()
+}

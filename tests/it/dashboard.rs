@@ -80,8 +80,7 @@ async fn browser(driver: &Driver, profile: &Path) -> Client {
         .expect("a WebDriver session")
 }
 
-/// Waits until `selector` matches an element for which `done` holds (text and attributes are
-/// read through JavaScript), up to 60 s.
+/// Waits until `selector` matches an element, up to 60 s.
 async fn wait_for(browser: &Client, selector: &str, what: &str) -> fantoccini::elements::Element {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -105,6 +104,22 @@ async fn wait_gone(browser: &Client, selector: &str, what: &str) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Whether the server holds a live subscription (`projector_live_subscriptions`).
+async fn live_subscription_open(http: &reqwest::Client, server: &Server) -> bool {
+    let metrics = http
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("projector_live_subscriptions "))
+        .is_some_and(|n| n.trim() != "0")
 }
 
 async fn screenshot(browser: &Client, name: &str) {
@@ -257,8 +272,12 @@ async fn the_dashboard_works_in_chromium() {
         .click()
         .await
         .unwrap();
-    // The subscription starts at the head: append once it is open.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The subscription starts at the head: append once the server holds it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !live_subscription_open(&http, &server).await {
+        assert!(Instant::now() < deadline, "the live tail never subscribed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     append(&http, &server, "order-9", None, &json!([order_placed(9)])).await;
     let tailed = wait_for(&browser, "#stream-events.live li", "the live event").await;
     assert!(tailed.text().await.unwrap().contains("order-9"));

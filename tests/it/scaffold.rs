@@ -6,7 +6,7 @@ use std::process::{Command, Output};
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::common::{Server, append, client, document, status_until};
+use crate::common::{Server, append, client, document, status_until, stdout};
 
 fn projector(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_projector"))
@@ -20,22 +20,12 @@ fn projector(args: &[&str]) -> Output {
         .expect("running projector")
 }
 
-fn stdout(output: Output) -> String {
-    assert!(
-        output.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
-
 #[tokio::test]
 async fn a_new_projection_is_scaffolded_built_deployed_and_queried() {
     let dir = tempfile::tempdir().unwrap();
     let work = dir.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
-    let made = stdout(projector(&[
+    let made = stdout(&projector(&[
         "new",
         "my-summary",
         "--dir",
@@ -59,7 +49,7 @@ async fn a_new_projection_is_scaffolded_built_deployed_and_queried() {
         "{}",
         String::from_utf8_lossy(&tested.stderr)
     );
-    let wasm = stdout(projector(&["build", crate_dir.to_str().unwrap()]));
+    let wasm = stdout(&projector(&["build", crate_dir.to_str().unwrap()]));
     let wasm = wasm.trim();
     assert!(wasm.ends_with("my_summary.wasm"), "{wasm}");
     assert!(std::fs::metadata(wasm).unwrap().len() > 1000);
@@ -76,7 +66,7 @@ async fn a_new_projection_is_scaffolded_built_deployed_and_queried() {
     )
     .await;
     assert_eq!(status, StatusCode::CREATED);
-    let deployed = stdout(projector(&[
+    let deployed = stdout(&projector(&[
         "deploy",
         wasm,
         "--name",
@@ -111,7 +101,7 @@ async fn a_new_projection_is_scaffolded_built_deployed_and_queried() {
 #[test]
 fn completions_are_printed_for_each_shell() {
     for shell in ["bash", "zsh", "fish"] {
-        let script = stdout(projector(&["completions", shell]));
+        let script = stdout(&projector(&["completions", shell]));
         assert!(
             script.contains("projector") && script.contains("rebuild"),
             "{shell}"

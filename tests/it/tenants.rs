@@ -10,14 +10,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::common::{Server, Sse, client, guest, status_until};
-
-fn root_token(data: &Path) -> String {
-    std::fs::read_to_string(data.join("root.token"))
-        .unwrap()
-        .trim()
-        .to_owned()
-}
+use crate::common::{Server, Sse, client, guest, root_token, status_until, stdout};
 
 /// A request with `token`, answered as (status, JSON body).
 async fn call(
@@ -424,21 +417,12 @@ fn projector(server: &Server, token: &str, args: &[&str]) -> Output {
         .expect("running projector")
 }
 
-fn stdout(output: Output) -> String {
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
-
 #[tokio::test]
 async fn the_cli_makes_accounts_and_each_sees_its_own() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start_with(dir.path(), &["--auth", "keys"]);
     let root = root_token(dir.path());
-    let made: Value = serde_json::from_str(&stdout(projector(
+    let made: Value = serde_json::from_str(&stdout(&projector(
         &server,
         &root,
         &[
@@ -452,9 +436,9 @@ async fn the_cli_makes_accounts_and_each_sees_its_own() {
     )))
     .unwrap();
     assert_eq!(made["limits"]["live_subscriptions"], 8);
-    let listed = stdout(projector(&server, &root, &["accounts", "list"]));
+    let listed = stdout(&projector(&server, &root, &["accounts", "list"]));
     assert!(listed.lines().any(|l| l.starts_with("shop ")), "{listed}");
-    let key: Value = serde_json::from_str(&stdout(projector(
+    let key: Value = serde_json::from_str(&stdout(&projector(
         &server,
         &root,
         &[
@@ -473,24 +457,24 @@ async fn the_cli_makes_accounts_and_each_sees_its_own() {
         (shop, r#"{"by":"shop"}"#),
         (root.as_str(), r#"{"by":"root"}"#),
     ] {
-        stdout(projector(
+        stdout(&projector(
             &server,
             token,
             &["append", "order-1", "--type", "T", "--data", data],
         ));
     }
-    let shop_read = stdout(projector(&server, shop, &["read", "order-1", "--json"]));
+    let shop_read = stdout(&projector(&server, shop, &["read", "order-1", "--json"]));
     assert!(
         shop_read.contains("\"shop\"") && !shop_read.contains("\"root\""),
         "{shop_read}"
     );
-    let root_read = stdout(projector(&server, &root, &["read", "order-1", "--json"]));
+    let root_read = stdout(&projector(&server, &root, &["read", "order-1", "--json"]));
     assert!(
         root_read.contains("\"root\"") && !root_read.contains("\"shop\""),
         "{root_read}"
     );
     // The shop account has no projections; root has the examples.
-    let shop_status = stdout(projector(&server, shop, &["status", "--json"]));
+    let shop_status = stdout(&projector(&server, shop, &["status", "--json"]));
     let shop_status: Value = serde_json::from_str(&shop_status).unwrap();
     assert_eq!(shop_status["projections"], json!([]));
     let refused = projector(&server, shop, &["accounts", "list"]);
