@@ -213,17 +213,16 @@ impl Store {
         // is opened without a write, so that it can be reopened (and read) while the disk is
         // full.
         let mut lengths = Lengths::new();
-        let mut accounts: Vec<String> = store
-            .db
-            .begin_read()?
-            .list_tables()?
-            .filter_map(|t| Tables::account_of_events_table(t.name()).map(str::to_owned))
+        let existing = store.table_names()?;
+        let mut accounts: Vec<String> = existing
+            .iter()
+            .filter_map(|t| Tables::account_of_events_table(t).map(str::to_owned))
             .collect();
         if !accounts.iter().any(|a| a == crate::account::DEFAULT) {
             accounts.push(crate::account::DEFAULT.to_owned());
         }
         for account in accounts {
-            let (partition, tail_lengths) = store.load_partition(&account)?;
+            let (partition, tail_lengths) = store.load_partition(&account, &existing)?;
             lengths.insert(account.clone(), tail_lengths);
             store
                 .partitions
@@ -239,7 +238,7 @@ impl Store {
         if let Some(partition) = self.partitions.read().get(account) {
             return Ok(partition.clone());
         }
-        let (partition, _) = self.load_partition(account)?;
+        let (partition, _) = self.load_partition(account, &self.table_names()?)?;
         let mut partitions = self.partitions.write();
         Ok(partitions
             .entry(account.to_owned())
@@ -261,15 +260,24 @@ impl Store {
             .collect()
     }
 
-    /// Opens (creating its tables when missing) one account's partition and rebuilds its tail.
-    fn load_partition(&self, account: &str) -> Result<(Partition, StreamLengths), StorageError> {
-        let tables = Tables::of(account);
-        let existing: Vec<String> = self
+    /// The names of the tables in the file.
+    fn table_names(&self) -> Result<Vec<String>, StorageError> {
+        Ok(self
             .db
             .begin_read()?
             .list_tables()?
             .map(|t| t.name().to_owned())
-            .collect();
+            .collect())
+    }
+
+    /// Opens one account's partition, creating its tables when they are not among `existing`,
+    /// and rebuilds its tail.
+    fn load_partition(
+        &self,
+        account: &str,
+        existing: &[String],
+    ) -> Result<(Partition, StreamLengths), StorageError> {
+        let tables = Tables::of(account);
         if !tables
             .names()
             .iter()
