@@ -28,6 +28,7 @@ pub mod runtime;
 pub mod scaffold;
 pub mod scheduler;
 pub mod server;
+pub mod subscriptions;
 pub mod telemetry;
 pub mod tenants;
 pub mod views;

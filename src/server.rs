@@ -17,6 +17,7 @@ use crate::http::{self, AppState};
 use crate::log::{Log, StorageError};
 use crate::runtime::Limits;
 use crate::runtime::{EngineError, Runtime};
+use crate::subscriptions::{SubscriptionError, Subscriptions};
 use crate::tenants::{Layout, TenantConfig, TenantError, Tenants};
 
 /// The example projections, built from `projections/` to components by the build script.
@@ -90,6 +91,8 @@ pub enum ServeError {
     Task(#[from] tokio::task::JoinError),
     #[error(transparent)]
     Keys(#[from] crate::auth::StoreError),
+    #[error(transparent)]
+    Subscriptions(#[from] SubscriptionError),
 }
 
 /// Serves until `stop` resolves. Prints `listening on http://ADDR` to stdout once the socket
@@ -146,6 +149,14 @@ pub async fn serve(
     println!("listening on http://{addr}");
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let subscriptions = {
+        let (data, tenants, shutdown) = (config.data.clone(), tenants.clone(), shutdown_rx.clone());
+        let log_of = move |account: &str| tenants.get(account).map(|t| t.log.clone());
+        Arc::new(
+            tokio::task::spawn_blocking(move || Subscriptions::open(&data, log_of, shutdown))
+                .await??,
+        )
+    };
     let app = http::router(AppState {
         log,
         tenants: tenants.clone(),
@@ -156,6 +167,7 @@ pub async fn serve(
         live_bytes: Arc::new(tokio::sync::Semaphore::new(http::live::LIVE_BYTES)),
         auth: config.auth,
         keys,
+        subscriptions,
         metrics: crate::telemetry::install(),
     });
     // The stop task: owned by the runtime, it ends when `stop` resolves, which also ends the

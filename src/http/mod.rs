@@ -16,6 +16,7 @@ pub mod openapi;
 mod projections;
 pub mod serve;
 mod streams;
+mod subscriptions;
 mod tenant;
 mod trace;
 
@@ -64,6 +65,8 @@ pub struct AppState {
     pub auth: AuthMode,
     /// The accounts' keys (open in either mode, so keys can be made before turning auth on).
     pub keys: Arc<KeyStore>,
+    /// Every account's persistent subscriptions.
+    pub subscriptions: Arc<crate::subscriptions::Subscriptions>,
     /// Renders `GET /metrics`; `None` when another server in this process holds the recorder.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
@@ -197,6 +200,66 @@ fn routes_with_handlers() -> Vec<(Route, MethodRouter<AppState>)> {
             "/projections/{name}/view/{*key}",
             Needs(Read),
             get(projections::document),
+        ),
+        route(
+            Method::GET,
+            "/subscriptions",
+            Needs(Read),
+            get(subscriptions::list),
+        ),
+        route(
+            Method::PUT,
+            "/subscriptions/{name}",
+            Needs(Deploy),
+            put(subscriptions::put),
+        ),
+        route(
+            Method::GET,
+            "/subscriptions/{name}",
+            Needs(Read),
+            get(subscriptions::status),
+        ),
+        route(
+            Method::DELETE,
+            "/subscriptions/{name}",
+            Needs(Deploy),
+            delete(subscriptions::delete),
+        ),
+        route(
+            Method::GET,
+            "/subscriptions/{name}/events",
+            Needs(Read),
+            get(subscriptions::poll),
+        ),
+        route(
+            Method::GET,
+            "/subscriptions/{name}/live",
+            Needs(Read),
+            get(subscriptions::live),
+        ),
+        route(
+            Method::POST,
+            "/subscriptions/{name}/ack",
+            Needs(Read),
+            post(subscriptions::ack),
+        ),
+        route(
+            Method::POST,
+            "/subscriptions/{name}/nack",
+            Needs(Read),
+            post(subscriptions::nack),
+        ),
+        route(
+            Method::GET,
+            "/subscriptions/{name}/parked",
+            Needs(Read),
+            get(subscriptions::parked),
+        ),
+        route(
+            Method::POST,
+            "/subscriptions/{name}/parked/replay",
+            Needs(Deploy),
+            post(subscriptions::replay),
         ),
         route(
             Method::GET,

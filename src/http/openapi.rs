@@ -9,7 +9,7 @@ use utoipa::openapi::path::Operation;
 use utoipa::openapi::{RefOr, Response, ResponseBuilder};
 use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
-use super::{admin, dashboard, live, projections, streams};
+use super::{admin, dashboard, live, projections, streams, subscriptions};
 
 /// Every error: `{"error": {"code", "message", ...}}`.
 #[derive(ToSchema)]
@@ -97,6 +97,16 @@ pub struct Health {
         projections::skip,
         projections::page,
         projections::document,
+        subscriptions::list,
+        subscriptions::put,
+        subscriptions::status,
+        subscriptions::delete,
+        subscriptions::poll,
+        subscriptions::live,
+        subscriptions::ack,
+        subscriptions::nack,
+        subscriptions::parked,
+        subscriptions::replay,
         admin::accounts,
         admin::create_account,
         admin::set_limits,

@@ -43,29 +43,7 @@ pub const NDJSON: &str = "application/x-ndjson";
 
 /// `$all`, `$ce-<category>`, or a user stream.
 pub fn parse_source(name: &str) -> Result<Source, ApiError> {
-    if name == "$all" {
-        return Ok(Source::All);
-    }
-    if let Some(category) = name.strip_prefix("$ce-") {
-        if category.is_empty() || category.contains('-') {
-            return Err(ApiError::bad_request(
-                "invalid_stream_name",
-                format!(
-                    "{name:?} does not name a category: use $ce-<category>, the part of a stream name before its first '-'"
-                ),
-            ));
-        }
-        return Ok(Source::Category(category.to_owned()));
-    }
-    if name.starts_with('$') {
-        return Err(ApiError::bad_request(
-            "invalid_stream_name",
-            format!(
-                "unknown system stream {name:?}: the system streams are $all and $ce-<category>"
-            ),
-        ));
-    }
-    Ok(Source::Stream(StreamName::new(name)?))
+    Ok(Source::parse(name)?)
 }
 
 pub fn path_param(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {

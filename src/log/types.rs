@@ -336,6 +336,36 @@ pub enum Source {
 }
 
 impl Source {
+    /// A source by name: `$all`, `$ce-<category>`, or a stream.
+    pub fn parse(name: &str) -> Result<Source, InvalidAppend> {
+        if name == "$all" {
+            return Ok(Source::All);
+        }
+        if let Some(category) = name.strip_prefix("$ce-") {
+            if category.is_empty() || category.contains('-') {
+                return Err(InvalidAppend::StreamName(format!(
+                    "{name:?} does not name a category: use $ce-<category>, the part of a stream name before its first '-'"
+                )));
+            }
+            return Ok(Source::Category(category.to_owned()));
+        }
+        if name.starts_with('$') {
+            return Err(InvalidAppend::StreamName(format!(
+                "unknown system stream {name:?}: the system streams are $all and $ce-<category>"
+            )));
+        }
+        Ok(Source::Stream(StreamName::new(name)?))
+    }
+
+    /// The name [`Source::parse`] reads.
+    pub fn name(&self) -> String {
+        match self {
+            Self::All => "$all".to_owned(),
+            Self::Stream(s) => s.as_str().to_owned(),
+            Self::Category(c) => format!("$ce-{c}"),
+        }
+    }
+
     /// Where `event` stands in this source: its revision in a stream, its position otherwise.
     pub fn coordinate(&self, event: &RecordedEvent) -> u64 {
         match self {

@@ -38,7 +38,7 @@ use crate::views::{Quota, ViewDir, ViewError, ViewStore};
 
 pub use folder::valid_name;
 pub use registry::ControlError;
-pub use status::{FaultReport, RebuildStatus, SkipRecord, State, Status, SubscriptionReport};
+pub use status::{FaultReport, Rate, RebuildStatus, SkipRecord, State, Status, SubscriptionReport};
 
 use queue::Signal;
 use registry::Registry;

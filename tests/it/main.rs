@@ -17,4 +17,5 @@ mod operator;
 mod projections;
 mod scaffold;
 mod streams;
+mod subscriptions;
 mod tenants;
