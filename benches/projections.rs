@@ -45,6 +45,7 @@ fn replay(log_dir: &Path, wasm: &[u8], tokio: &tokio::runtime::Runtime) -> f64 {
         watch: false,
         quota: None,
         account: "root".into(),
+        change_retention: projector::views::feed::DEFAULT_RETENTION,
     };
     let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-cache");
     let start = Instant::now();

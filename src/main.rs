@@ -121,6 +121,10 @@ enum Command {
         /// Wall-clock limit of one call into a projection, in seconds.
         #[arg(long, env = "PROJECTOR_GUEST_DEADLINE", default_value_t = 10)]
         guest_deadline: u64,
+        /// Changes each projection keeps for resuming readers of its change feed
+        /// (`GET /projections/{name}/changes`).
+        #[arg(long, env = "PROJECTOR_CHANGE_RETENTION", default_value_t = projector::views::feed::DEFAULT_RETENTION)]
+        change_retention: usize,
         #[command(flatten)]
         http: HttpArgs,
         /// `keys`: every request but GET /health needs an API key with the route's scope;
@@ -371,6 +375,7 @@ async fn run() -> anyhow::Result<()> {
             guest_memory_mib,
             guest_writes_mib,
             guest_deadline,
+            change_retention,
             http,
             auth,
             insecure,
@@ -404,6 +409,7 @@ async fn run() -> anyhow::Result<()> {
                 // Before sizing the connection cap from it.
                 http: http.limits(projector::http::serve::raise_open_files_limit()),
                 auth,
+                change_retention: change_retention.max(1),
             };
             let stop = server::shutdown_signal().context("installing the signal handlers")?;
             server::serve(config, stop)

@@ -54,6 +54,8 @@ pub struct ServeConfig {
     pub http: HttpLimits,
     /// Whether requests need an API key.
     pub auth: crate::auth::AuthMode,
+    /// Changes each serving projection keeps for its change feed.
+    pub change_retention: usize,
 }
 
 /// What the HTTP server lets clients hold.
@@ -118,7 +120,11 @@ pub async fn serve(
         projections: config.projections.clone(),
     };
     let tenants = {
-        let (workers, limits) = (config.workers, config.limits.clone());
+        let (workers, limits, retention) = (
+            config.workers,
+            config.limits.clone(),
+            config.change_retention,
+        );
         let (log, accounts) = (log.clone(), keys.accounts());
         let tokio = tokio::runtime::Handle::current();
         let start = move || -> Result<Tenants, ServeError> {
@@ -128,6 +134,7 @@ pub async fn serve(
                 workers,
                 runtime,
                 max_batch: crate::scheduler::DEFAULT_BATCH,
+                change_retention: retention,
                 tokio,
             };
             Ok(Tenants::start(&log, &accounts, config)?)

@@ -73,6 +73,8 @@ pub struct TenantConfig {
     pub workers: usize,
     pub runtime: Arc<Runtime>,
     pub max_batch: usize,
+    /// Changes each serving projection version keeps for its change feed.
+    pub change_retention: usize,
     pub tokio: tokio::runtime::Handle,
 }
 
@@ -202,6 +204,7 @@ impl Tenants {
             watch: true,
             quota: Some(quota.clone()),
             account: account.name.clone(),
+            change_retention: self.config.change_retention,
         };
         let projections = Projections::start(
             scheduler,

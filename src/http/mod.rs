@@ -8,6 +8,7 @@
 
 mod admin;
 mod auth;
+mod changes;
 mod dashboard;
 mod encode;
 mod error;
@@ -188,6 +189,12 @@ fn routes_with_handlers() -> Vec<(Route, MethodRouter<AppState>)> {
             "/projections/{name}/skip",
             Needs(Deploy),
             post(projections::skip),
+        ),
+        route(
+            Method::GET,
+            "/projections/{name}/changes",
+            Needs(Read),
+            get(changes::follow),
         ),
         route(
             Method::GET,

@@ -9,7 +9,7 @@ use utoipa::openapi::path::Operation;
 use utoipa::openapi::{RefOr, Response, ResponseBuilder};
 use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
-use super::{admin, dashboard, live, projections, streams, subscriptions};
+use super::{admin, changes, dashboard, live, projections, streams, subscriptions};
 
 /// Every error: `{"error": {"code", "message", ...}}`.
 #[derive(ToSchema)]
@@ -95,6 +95,7 @@ pub struct Health {
         projections::resume,
         projections::retry,
         projections::skip,
+        changes::follow,
         projections::page,
         projections::document,
         subscriptions::list,

@@ -58,6 +58,8 @@ pub struct SchedulerConfig {
     pub quota: Option<Arc<Quota>>,
     /// The account the projections belong to (their metrics' `account` label).
     pub account: String,
+    /// Changes each serving version keeps for readers of its change feed.
+    pub change_retention: usize,
 }
 
 /// Events read from one source per batch: large enough that a call into the guest (a fresh
@@ -110,6 +112,7 @@ struct Shared {
     signal: Arc<Signal>,
     quota: Option<Arc<Quota>>,
     account: Arc<str>,
+    change_retention: usize,
 }
 
 impl Projections {
@@ -135,6 +138,7 @@ impl Projections {
             signal: Arc::new(Signal::new(tokio.clone())),
             quota: config.quota.clone(),
             account: config.account.as_str().into(),
+            change_retention: config.change_retention,
         });
         // Watch before reading the folder, so that no change falls between the two.
         let folder = if config.watch {
@@ -182,6 +186,11 @@ impl Projections {
     pub fn status(&self, name: &str) -> Option<Status> {
         let head = *self.shared.head.borrow();
         Some(self.shared.registry.catalog().get(name)?.status(name, head))
+    }
+
+    /// The change feed of the serving version.
+    pub fn feed(&self, name: &str) -> Option<Arc<crate::views::ChangeFeed>> {
+        Some(self.shared.serving(name)?.feed.clone())
     }
 
     /// The view queries are answered from.

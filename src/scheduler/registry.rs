@@ -300,7 +300,7 @@ impl Shared {
             sources,
             view,
             (checkpoint, skipped),
-            role,
+            (role, self.change_retention),
         ))
     }
 
@@ -369,6 +369,7 @@ impl Shared {
             return slot.storage_fault(slot.checkpoint(), &e);
         }
         slot.state.lock().role = Role::Serving;
+        slot.feed.open(slot.checkpoint());
         let mut old = None;
         self.registry.publish(&deploying, |catalog| {
             if let Some(entry) = catalog.get_mut(&slot.name) {

@@ -11,7 +11,7 @@ use super::queue::Signal;
 use super::status::{self, FaultReport, RebuildStatus, SkipRecord, State};
 use crate::log::{Position, RecordedEvent, Source};
 use crate::runtime::{Changes, Code, Fault, FaultKind};
-use crate::views::{ViewError, ViewStore};
+use crate::views::{ChangeFeed, ViewError, ViewStore};
 
 /// How often at most a view's commit is made durable (fsync'd); commits in between are
 /// rolled back by a crash, with their checkpoints, and simply replayed.
@@ -35,6 +35,8 @@ pub(super) struct Slot {
     /// The checkpoint and whether the version is retired, for readers on the reactor waiting
     /// until a position is applied (without the state's lock).
     pub progress: watch::Sender<Progress>,
+    /// Its recent commits' changes, for readers following the view; open while it serves.
+    pub feed: Arc<ChangeFeed>,
 }
 
 pub(super) struct SlotState {
@@ -106,9 +108,14 @@ impl Slot {
         sources: Vec<Source>,
         view: ViewStore,
         (checkpoint, skipped): (Position, Vec<SkipRecord>),
-        role: Role,
+        (role, retention): (Role, usize),
     ) -> Self {
+        let feed = Arc::new(ChangeFeed::new(retention));
+        if role == Role::Serving {
+            feed.open(checkpoint);
+        }
         Slot {
+            feed,
             account: account.clone(),
             name: name.to_owned(),
             storage: storage.to_owned(),
@@ -172,6 +179,7 @@ impl Slot {
     /// Never runs again; wakes anyone waiting on its progress so they look for its successor.
     pub fn retire(&self) {
         self.state.lock().role = Role::Retired;
+        self.feed.close();
         self.progress.send_modify(|p| p.retired = true);
     }
 
@@ -219,11 +227,12 @@ impl Slot {
     }
 
     /// Commits a batch's changes with its checkpoint; a success clears any fault.
-    pub fn commit(&self, changes: &Changes, checkpoint: Position, applied: usize) -> Next {
+    pub fn commit(&self, changes: &Arc<Changes>, checkpoint: Position, applied: usize) -> Next {
         let durable = self.state.lock().last_durable.elapsed() >= DURABLE_EVERY;
         if let Err(e) = self.view.commit(changes, checkpoint, durable) {
             return self.storage_fault(self.checkpoint(), &e);
         }
+        self.feed.publish(checkpoint, changes);
         self.committed(checkpoint, applied, durable)
     }
 
@@ -255,7 +264,7 @@ impl Slot {
     pub fn guest_fault(&self, event: &RecordedEvent, fault: Fault) -> Next {
         let before = event.position.saturating_sub(1);
         if self.checkpoint() < before
-            && let Next::Faulted(backoff) = self.commit(&Changes::default(), before, 0)
+            && let Next::Faulted(backoff) = self.commit(&Arc::default(), before, 0)
         {
             return Next::Faulted(backoff);
         }

@@ -88,6 +88,7 @@ fn start(dir: &Path, log: &Log, max_batch: usize, tokio: &tokio::runtime::Runtim
         watch: false,
         quota: None,
         account: "root".into(),
+        change_retention: crate::views::feed::DEFAULT_RETENTION,
     };
     Node {
         projections: Projections::start(config, runtime, log, tokio.handle().clone()).unwrap(),

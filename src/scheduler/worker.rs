@@ -16,7 +16,7 @@ use super::commits::Commits;
 use super::queue::Work;
 use super::slot::{Next, Role, Run, Slot};
 use crate::log::{Position, RecordedEvent, StorageError};
-use crate::runtime::{Changes, Fault};
+use crate::runtime::Fault;
 
 /// A worker keeps a projection for at least this long before yielding to others waiting:
 /// long enough that reads and commits overlap the guest over many batches, short enough that
@@ -249,12 +249,14 @@ fn isolate(slot: &Slot, events: &[RecordedEvent], checkpoint: Position) -> Next 
         };
         match slot.code.apply(&frame, 1, reader) {
             Ok(applied) => {
-                if let Next::Faulted(backoff) = slot.commit(&applied.changes, event.position, 1) {
+                if let Next::Faulted(backoff) =
+                    slot.commit(&Arc::new(applied.changes), event.position, 1)
+                {
                     return Next::Faulted(backoff);
                 }
             }
             Err(fault) => return slot.guest_fault(event, fault),
         }
     }
-    slot.commit(&Changes::default(), checkpoint, 0)
+    slot.commit(&Arc::default(), checkpoint, 0)
 }

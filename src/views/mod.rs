@@ -8,8 +8,10 @@
 //! replays from there. The runner asks for a durable commit now and then ([`ViewStore::commit`])
 //! and on shutdown.
 
+pub mod feed;
 mod quota;
 
+pub use feed::ChangeFeed;
 pub use quota::{OverQuota, Quota};
 
 use std::path::{Path, PathBuf};

@@ -175,7 +175,10 @@ pub struct Sse {
 
 #[derive(Debug)]
 pub struct SseEvent {
+    /// 0 for an event without an id (a `reset`).
     pub id: u64,
+    /// The `event:` field; `message` when absent.
+    pub kind: String,
     pub data: Value,
 }
 
@@ -220,19 +223,22 @@ impl Sse {
         loop {
             if let Some(end) = self.buffer.find("\n\n") {
                 let block: String = self.buffer.drain(..end + 2).collect();
-                let (mut id, mut data) = (None, String::new());
+                let (mut id, mut data, mut kind) = (None, String::new(), None);
                 for line in block.lines() {
                     if line.starts_with(':') {
                         self.comments += 1;
+                    } else if let Some(v) = line.strip_prefix("event:") {
+                        kind = Some(v.trim().to_owned());
                     } else if let Some(v) = line.strip_prefix("id:") {
                         id = Some(v.trim().parse().unwrap());
                     } else if let Some(v) = line.strip_prefix("data:") {
                         data.push_str(v.strip_prefix(' ').unwrap_or(v));
                     }
                 }
-                if let Some(id) = id {
+                if id.is_some() || kind.is_some() {
                     return Some(SseEvent {
-                        id,
+                        id: id.unwrap_or(0),
+                        kind: kind.unwrap_or_else(|| "message".to_owned()),
                         data: serde_json::from_str(&data).unwrap(),
                     });
                 }

@@ -3,6 +3,7 @@
 
 mod abuse;
 mod auth;
+mod changes;
 mod cli;
 mod common;
 mod crash;
