@@ -18,6 +18,7 @@ macro_rules! from_redb {
 }
 
 pub mod account;
+pub mod amqp;
 pub mod auth;
 pub mod client;
 pub mod failpoint;

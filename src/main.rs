@@ -87,6 +87,34 @@ impl HttpArgs {
     }
 }
 
+/// RabbitMQ: an ingest queue and a fanout exchange (the root account's).
+#[derive(clap::Args)]
+struct AmqpArgs {
+    /// The broker, `amqp://user:password@host:5672/vhost`; without it, no AMQP.
+    #[arg(long = "amqp", env = "PROJECTOR_AMQP")]
+    url: Option<String>,
+    /// The durable queue whose messages are appended.
+    #[arg(long, env = "PROJECTOR_AMQP_INGEST_QUEUE", default_value = projector::amqp::DEFAULT_INGEST_QUEUE)]
+    amqp_ingest_queue: String,
+    /// The durable fanout exchange every committed event is published to.
+    #[arg(long, env = "PROJECTOR_AMQP_FANOUT_EXCHANGE", default_value = projector::amqp::DEFAULT_FANOUT_EXCHANGE)]
+    amqp_fanout_exchange: String,
+    /// The dead-letter exchange (and queue) of refused messages.
+    #[arg(long, env = "PROJECTOR_AMQP_DEAD_EXCHANGE", default_value = projector::amqp::DEFAULT_DEAD_EXCHANGE)]
+    amqp_dead_exchange: String,
+}
+
+impl AmqpArgs {
+    fn config(self) -> Option<projector::amqp::AmqpConfig> {
+        Some(projector::amqp::AmqpConfig {
+            url: self.url?,
+            ingest_queue: self.amqp_ingest_queue,
+            fanout_exchange: self.amqp_fanout_exchange,
+            dead_exchange: self.amqp_dead_exchange,
+        })
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the server: the event log, projections and the HTTP API.
@@ -127,6 +155,8 @@ enum Command {
         change_retention: usize,
         #[command(flatten)]
         http: HttpArgs,
+        #[command(flatten)]
+        amqp: AmqpArgs,
         /// `keys`: every request but GET /health needs an API key with the route's scope;
         /// `none`: open. Default: `none` on a loopback address, `keys` otherwise.
         #[arg(long, env = "PROJECTOR_AUTH", value_enum)]
@@ -377,6 +407,7 @@ async fn run() -> anyhow::Result<()> {
             guest_deadline,
             change_retention,
             http,
+            amqp,
             auth,
             insecure,
         } => {
@@ -410,6 +441,7 @@ async fn run() -> anyhow::Result<()> {
                 http: http.limits(projector::http::serve::raise_open_files_limit()),
                 auth,
                 change_retention: change_retention.max(1),
+                amqp: amqp.config(),
             };
             let stop = server::shutdown_signal().context("installing the signal handlers")?;
             server::serve(config, stop)

@@ -56,6 +56,8 @@ pub struct ServeConfig {
     pub auth: crate::auth::AuthMode,
     /// Changes each serving projection keeps for its change feed.
     pub change_retention: usize,
+    /// The RabbitMQ ingest and fanout, when a broker is given.
+    pub amqp: Option<crate::amqp::AmqpConfig>,
 }
 
 /// What the HTTP server lets clients hold.
@@ -164,6 +166,15 @@ pub async fn serve(
                 .await??,
         )
     };
+    let amqp = config.amqp.clone().map(|amqp| {
+        crate::amqp::start(
+            amqp,
+            log.clone(),
+            subscriptions.store(),
+            shutdown_rx.clone(),
+        )
+    });
+    let (broker, amqp_task) = amqp.unzip();
     let app = http::router(AppState {
         log,
         tenants: tenants.clone(),
@@ -175,6 +186,7 @@ pub async fn serve(
         auth: config.auth,
         keys,
         subscriptions,
+        broker,
         metrics: crate::telemetry::install(),
     });
     // The stop task: owned by the runtime, it ends when `stop` resolves, which also ends the
@@ -185,6 +197,14 @@ pub async fn serve(
         shutdown_tx.send_replace(true);
     });
     http::serve::serve(listener, app, config.http.serve.clone(), shutdown_rx).await;
+    // The AMQP ingest settles the appends it has in flight, then lets go of its log handle.
+    if let Some(task) = amqp_task
+        && tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .is_err()
+    {
+        tracing::warn!("the AMQP connection did not stop within 30 s");
+    }
     // The router is gone. Stop the projections (their views' checkpoints made durable), then
     // the writer: with every log handle dropped it commits what is queued and stops.
     tokio::task::spawn_blocking(move || tenants.shutdown()).await?;

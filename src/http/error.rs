@@ -78,6 +78,30 @@ impl ApiError {
         }
     }
 
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The body the error answers with: `{"error": {"code", "message", ...}}`.
+    pub fn body(&self) -> serde_json::Value {
+        let mut error = json!({ "code": self.code, "message": self.message });
+        if let Some(current) = self.current_revision {
+            error["current_revision"] = json!(current);
+        }
+        if let Some(id) = &self.request_id {
+            error["request_id"] = json!(id);
+        }
+        json!({ "error": error })
+    }
+
     /// Adds `Retry-After: seconds`.
     pub fn retry_after(mut self, seconds: u64) -> Self {
         self.retry_after = Some(seconds);
@@ -93,14 +117,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut error = json!({ "code": self.code, "message": self.message });
-        if let Some(current) = self.current_revision {
-            error["current_revision"] = json!(current);
-        }
-        if let Some(id) = self.request_id {
-            error["request_id"] = json!(id);
-        }
-        let mut response = (self.status, axum::Json(json!({ "error": error }))).into_response();
+        let mut response = (self.status, axum::Json(self.body())).into_response();
         if let Some(seconds) = self.retry_after {
             response
                 .headers_mut()

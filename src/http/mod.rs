@@ -10,13 +10,13 @@ mod admin;
 mod auth;
 mod changes;
 mod dashboard;
-mod encode;
-mod error;
+pub(crate) mod encode;
+pub(crate) mod error;
 pub mod live;
 pub mod openapi;
 mod projections;
 pub mod serve;
-mod streams;
+pub(crate) mod streams;
 mod subscriptions;
 mod tenant;
 mod trace;
@@ -66,6 +66,8 @@ pub struct AppState {
     pub auth: AuthMode,
     /// The accounts' keys (open in either mode, so keys can be made before turning auth on).
     pub keys: Arc<KeyStore>,
+    /// The RabbitMQ connection's state, when one is configured.
+    pub broker: Option<Arc<crate::amqp::Broker>>,
     /// Every account's persistent subscriptions.
     pub subscriptions: Arc<crate::subscriptions::Subscriptions>,
     /// Renders `GET /metrics`; `None` when another server in this process holds the recorder.
@@ -345,9 +347,14 @@ pub fn router(state: AppState) -> Router {
     ))]
 async fn health(State(state): State<AppState>) -> impl IntoResponse {
     let head = *state.log.head().borrow();
+    let amqp = state.broker.as_ref().map(|b| b.health());
     let (status, reason) = match state.log.health() {
         LogHealth::Ok => {
-            return axum::Json(serde_json::json!({ "status": "ok", "head": head })).into_response();
+            let mut body = serde_json::json!({ "status": "ok", "head": head });
+            if let Some(amqp) = amqp {
+                body["amqp"] = amqp;
+            }
+            return axum::Json(body).into_response();
         }
         LogHealth::DiskFull => (
             "degraded",
@@ -356,11 +363,11 @@ async fn health(State(state): State<AppState>) -> impl IntoResponse {
         LogHealth::Unavailable { reason } => ("degraded", reason),
         LogHealth::Failed { reason } => ("failing", reason),
     };
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        axum::Json(serde_json::json!({ "status": status, "reason": reason, "head": head })),
-    )
-        .into_response()
+    let mut body = serde_json::json!({ "status": status, "reason": reason, "head": head });
+    if let Some(amqp) = amqp {
+        body["amqp"] = amqp;
+    }
+    (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
 }
 
 /// `GET /metrics`: Prometheus' text format. Every account's series are in it, so with keys it

@@ -97,17 +97,18 @@ pub struct AppendedEvent {
     revision: u64,
 }
 
+/// An event of an append's body (over HTTP, or in an AMQP message).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct EventBody<'a> {
+pub(crate) struct EventBody<'a> {
     #[serde(rename = "type")]
-    event_type: String,
+    pub event_type: String,
     #[serde(borrow)]
-    data: &'a RawValue,
+    pub data: &'a RawValue,
     #[serde(borrow, default)]
-    metadata: Option<&'a RawValue>,
+    pub metadata: Option<&'a RawValue>,
     #[serde(default)]
-    id: Option<Uuid>,
+    pub id: Option<Uuid>,
 }
 
 /// `POST /streams/{stream}`: a JSON array of `{type, data, metadata?, id?}`.
@@ -159,16 +160,7 @@ pub async fn append(
             format!("the body must be a JSON array of {{type, data, metadata?, id?}}: {e}"),
         )
     })?;
-    let events = parsed
-        .into_iter()
-        .map(|e| {
-            let data = JsonPayload::from_raw(e.data)?;
-            let metadata = e.metadata.map(JsonPayload::from_raw).transpose()?;
-            NewEvent::new(e.id, e.event_type, data, metadata)
-        })
-        .enumerate()
-        .map(|(i, event)| event.map_err(|err| ApiError::from(err).context(format!("event {i}"))))
-        .collect::<Result<Vec<_>, _>>()?;
+    let events = new_events(parsed)?;
     let count = events.len() as u64;
     let request = AppendRequest::new(stream.clone(), expected, events)?;
     let started = std::time::Instant::now();
@@ -187,7 +179,22 @@ pub async fn append(
         .into_response())
 }
 
-fn append_response(stream: &StreamName, count: u64, o: &AppendOutcome) -> Appended {
+/// The events of an append's body, checked; an error names the event.
+pub(crate) fn new_events(parsed: Vec<EventBody<'_>>) -> Result<Vec<NewEvent>, ApiError> {
+    parsed
+        .into_iter()
+        .map(|e| {
+            let data = JsonPayload::from_raw(e.data)?;
+            let metadata = e.metadata.map(JsonPayload::from_raw).transpose()?;
+            NewEvent::new(e.id, e.event_type, data, metadata)
+        })
+        .enumerate()
+        .map(|(i, event)| event.map_err(|err| ApiError::from(err).context(format!("event {i}"))))
+        .collect()
+}
+
+/// What an append answers with.
+pub(crate) fn append_response(stream: &StreamName, count: u64, o: &AppendOutcome) -> Appended {
     let events = o
         .ids
         .iter()

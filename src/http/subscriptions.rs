@@ -95,6 +95,7 @@ pub async fn list(State(state): State<AppState>, Tenant(tenant): Tenant) -> Json
         (status = 201, description = "Made", body = SubscriptionStatus),
         (status = 200, description = "Settings changed", body = SubscriptionStatus),
         (status = 409, description = "`source` or `from` differ from the subscription's: they are fixed", body = super::openapi::ErrorBody),
+        (status = 415, description = "Not application/json", body = super::openapi::ErrorBody),
     ))]
 pub async fn put(
     State(state): State<AppState>,
@@ -355,6 +356,7 @@ fn check_positions(positions: &[Position]) -> Result<(), ApiError> {
         (status = 204, description = "Acknowledged, durably"),
         (status = 404, description = "No such subscription", body = super::openapi::ErrorBody),
         (status = 409, description = "Positions not in flight (named in the message); nothing was acknowledged", body = super::openapi::ErrorBody),
+        (status = 415, description = "Not application/json", body = super::openapi::ErrorBody),
     ))]
 pub async fn ack(
     State(state): State<AppState>,
@@ -378,6 +380,7 @@ pub async fn ack(
         (status = 204, description = "Done, durably"),
         (status = 404, description = "No such subscription", body = super::openapi::ErrorBody),
         (status = 409, description = "Positions not in flight (named in the message); nothing was done", body = super::openapi::ErrorBody),
+        (status = 415, description = "Not application/json", body = super::openapi::ErrorBody),
     ))]
 pub async fn nack(
     State(state): State<AppState>,

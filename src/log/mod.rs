@@ -54,7 +54,7 @@ struct Shared {
     /// The writer queue's byte budget, in KiB: an append holds its size in permits from
     /// before it is queued until it is answered, so queued requests hold at most
     /// [`QUEUE_BYTES`] (an append larger than the budget waits until it is alone).
-    queue_bytes: tokio::sync::Semaphore,
+    queue_bytes: Arc<tokio::sync::Semaphore>,
     health: watch::Receiver<LogHealth>,
     files: Arc<LogFiles>,
     heads: Arc<writer::Heads>,
@@ -118,7 +118,7 @@ impl Log {
             })?;
         let shared = Arc::new(Shared {
             jobs: jobs_tx,
-            queue_bytes: tokio::sync::Semaphore::new(QUEUE_BYTES / 1024),
+            queue_bytes: Arc::new(tokio::sync::Semaphore::new(QUEUE_BYTES / 1024)),
             health: health_rx,
             files,
             heads,
@@ -156,11 +156,25 @@ impl Log {
 
     /// Appends a batch to one stream; resolves once it is durable (or refused).
     pub async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, AppendError> {
+        self.submit(request).await?.await
+    }
+
+    /// Queues a batch for the writer and returns its answer, to await later: batches
+    /// submitted one after another by one task are appended in that order (how the AMQP
+    /// ingest keeps a queue's order while many appends are in flight).
+    pub async fn submit(
+        &self,
+        request: AppendRequest,
+    ) -> Result<
+        impl Future<Output = Result<AppendOutcome, AppendError>> + Send + 'static,
+        AppendError,
+    > {
         let kib = (request.bytes() / 1024).clamp(1, QUEUE_BYTES / 1024) as u32;
-        let _queued = self
+        let queued = self
             .shared
             .queue_bytes
-            .acquire_many(kib)
+            .clone()
+            .acquire_many_owned(kib)
             .await
             .map_err(|_| self.closed())?;
         let (reply, answer) = oneshot::channel();
@@ -173,7 +187,11 @@ impl Log {
             })
             .await
             .map_err(|_| self.closed())?;
-        answer.await.map_err(|_| self.closed())?
+        let log = self.clone();
+        Ok(async move {
+            let _queued = queued;
+            answer.await.map_err(|_| log.closed())?
+        })
     }
 
     /// Why the writer took no more work: shut down, or failed.

@@ -2,6 +2,7 @@
 //! loopback (`common`). One test binary, since each links wasmtime.
 
 mod abuse;
+mod amqp;
 mod auth;
 mod changes;
 mod cli;

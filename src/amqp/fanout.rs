@@ -1,0 +1,125 @@
+//! The fanout: every committed event, in position order, to a durable fanout exchange as a
+//! persistent message (body: the event's JSON as `/streams` serves it; `message_id`: the
+//! event id; headers `position`, `stream`, `revision`, `type`), with publisher confirms.
+//!
+//! The outbox mark (the position published through) is stored only after the broker
+//! confirmed every message up to it; after a restart or an outage publishing resumes after
+//! the mark. A consumer may see the events after the mark twice (at least once), never out
+//! of order and never with a gap: it dedupes by `position`.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Connection, ExchangeKind};
+use tokio::sync::watch;
+
+use super::{AmqpConfig, AmqpError, Broker};
+use crate::http::encode;
+use crate::log::{Log, Source};
+use crate::subscriptions::Store;
+
+/// Events read and published per round, and their bytes at most (plus one event); the mark
+/// is stored once per round.
+const ROUND_EVENTS: usize = 4096;
+const ROUND_BYTES: usize = 16 * 1024 * 1024;
+
+/// The outbox mark's name in the store.
+fn mark(config: &AmqpConfig) -> String {
+    format!("amqp-fanout/{}", config.fanout_exchange)
+}
+
+pub(super) async fn run(
+    connection: &Connection,
+    config: &AmqpConfig,
+    log: &Log,
+    store: &Arc<Store>,
+    broker: &Broker,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), AmqpError> {
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    channel
+        .exchange_declare(
+            config.fanout_exchange.as_str().into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let name = mark(config);
+    let mut published = {
+        let (store, name) = (store.clone(), name.clone());
+        tokio::task::spawn_blocking(move || store.outbox(&name)).await??
+    };
+    broker.published.store(published, Ordering::Release);
+    let mut head = log.head();
+    let exchange: lapin::types::ShortString = config.fanout_exchange.as_str().into();
+    loop {
+        let until = *head.borrow_and_update();
+        while published < until {
+            let events = {
+                let reader = log.reader().clone();
+                let after = published;
+                tokio::task::spawn_blocking(move || {
+                    reader.read_after(&Source::All, after, (ROUND_EVENTS, ROUND_BYTES), until)
+                })
+                .await??
+            };
+            let Some(last) = events.last().map(|e| e.position) else {
+                break;
+            };
+            let mut confirms = Vec::with_capacity(events.len());
+            let mut body = Vec::with_capacity(512);
+            for e in &events {
+                body.clear();
+                encode::event(&mut body, e);
+                let mut headers = FieldTable::default();
+                headers.insert("position".into(), AMQPValue::LongLongInt(e.position as i64));
+                headers.insert(
+                    "stream".into(),
+                    AMQPValue::LongString(e.stream.as_str().into()),
+                );
+                headers.insert("revision".into(), AMQPValue::LongLongInt(e.revision as i64));
+                headers.insert(
+                    "type".into(),
+                    AMQPValue::LongString(e.event_type.as_str().into()),
+                );
+                let properties = BasicProperties::default()
+                    .with_message_id(e.id.to_string().into())
+                    .with_content_type("application/json".into())
+                    .with_delivery_mode(2)
+                    .with_headers(headers);
+                let confirm = channel
+                    .basic_publish(
+                        exchange.clone(),
+                        "".into(),
+                        BasicPublishOptions::default(),
+                        &body,
+                        properties,
+                    )
+                    .await?;
+                confirms.push((e.position, confirm));
+            }
+            for (position, confirm) in confirms {
+                if confirm.await?.is_nack() {
+                    return Err(AmqpError::Refused(position));
+                }
+            }
+            let (store, name) = (store.clone(), name.clone());
+            tokio::task::spawn_blocking(move || store.set_outbox(&name, last)).await??;
+            published = last;
+            broker.published.store(published, Ordering::Release);
+        }
+        tokio::select! {
+            changed = head.changed() => if changed.is_err() { return Ok(()) },
+            _ = shutdown.wait_for(|s| *s) => return Ok(()),
+        }
+    }
+}
