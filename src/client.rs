@@ -1,6 +1,9 @@
-//! The operator's client: the `projector status`, `rebuild`, `append` and `read` commands,
+//! The operator's client: the `projector status`, `rebuild`, `append`, `read`, `subscriptions`
+//! (and more) commands,
 //! talking to a running server over its HTTP API. Human-readable by default; `--json` prints
 //! the server's JSON unchanged, for scripts.
+
+mod subscriptions;
 
 use std::io::Write;
 use std::time::Duration;

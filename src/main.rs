@@ -251,6 +251,72 @@ enum Command {
         #[command(subcommand)]
         command: AccountsCommand,
     },
+    /// Persistent subscriptions: create, list, show, delete, consume.
+    Subscriptions {
+        #[command(subcommand)]
+        command: SubscriptionsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SubscriptionsCommand {
+    /// Create a subscription, or change its settings.
+    Create {
+        name: String,
+        /// `$all`, a stream, or `$ce-<category>`.
+        #[arg(long)]
+        source: String,
+        /// Only events of these types (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        event_types: Vec<String>,
+        /// `start`, `end`, or a position (the first delivered).
+        #[arg(long, default_value = "start")]
+        from: String,
+        #[arg(long, default_value_t = 1000)]
+        max_in_flight: u32,
+        #[arg(long, default_value_t = 30_000)]
+        ack_timeout_ms: u64,
+        #[arg(long, default_value_t = 10)]
+        max_deliveries: u32,
+        /// `round_robin` or `pinned` (each stream to one consumer).
+        #[arg(long, default_value = "round_robin")]
+        strategy: String,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// List the subscriptions with their floor, in flight, parked, consumers and lag.
+    List {
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// One subscription's settings and state.
+    Show {
+        name: String,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Delete a subscription and its state.
+    Delete {
+        name: String,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Print events as they are delivered, until interrupted.
+    Consume {
+        name: String,
+        /// Acknowledge each batch once printed (otherwise they are delivered again after
+        /// the subscription's ack timeout).
+        #[arg(long)]
+        ack: bool,
+        /// The consumer's name (for `pinned` subscriptions).
+        #[arg(long)]
+        consumer: Option<String>,
+        /// Stop after this many events.
+        #[arg(long)]
+        limit: Option<u64>,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -535,6 +601,60 @@ async fn run() -> anyhow::Result<()> {
                 remote,
             } => remote.remote()?.set_limits(&name, &limits.limits()).await?,
         },
+        Command::Subscriptions { command } => subscriptions(command).await?,
+    }
+    Ok(())
+}
+
+async fn subscriptions(command: SubscriptionsCommand) -> anyhow::Result<()> {
+    match command {
+        SubscriptionsCommand::Create {
+            name,
+            source,
+            event_types,
+            from,
+            max_in_flight,
+            ack_timeout_ms,
+            max_deliveries,
+            strategy,
+            remote,
+        } => {
+            let from = match from.parse::<u64>() {
+                Ok(position) => serde_json::json!(position),
+                Err(_) => serde_json::json!(from),
+            };
+            let settings: projector::subscriptions::Settings =
+                serde_json::from_value(serde_json::json!({
+                    "source": source,
+                    "event_types": event_types,
+                    "from": from,
+                    "max_in_flight": max_in_flight,
+                    "ack_timeout_ms": ack_timeout_ms,
+                    "max_deliveries": max_deliveries,
+                    "strategy": strategy,
+                }))
+                .context("the subscription's settings")?;
+            remote.remote()?.put_subscription(&name, &settings).await?
+        }
+        SubscriptionsCommand::List { remote } => remote.remote()?.list_subscriptions().await?,
+        SubscriptionsCommand::Show { name, remote } => {
+            remote.remote()?.show_subscription(&name).await?
+        }
+        SubscriptionsCommand::Delete { name, remote } => {
+            remote.remote()?.delete_subscription(&name).await?
+        }
+        SubscriptionsCommand::Consume {
+            name,
+            ack,
+            consumer,
+            limit,
+            remote,
+        } => {
+            remote
+                .remote()?
+                .consume(&name, consumer.as_deref(), ack, limit)
+                .await?
+        }
     }
     Ok(())
 }

@@ -370,3 +370,82 @@ async fn sse_consumers_are_held_to_max_in_flight() {
     let next = sse.drain(Duration::from_millis(500)).await;
     assert_eq!(next.iter().map(|e| e.id).collect::<Vec<_>>(), vec![3, 4]);
 }
+
+fn projector(server: &Server, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_projector"))
+        .args(args)
+        .args(["--server", &server.base])
+        .output()
+        .expect("running projector")
+}
+
+#[tokio::test]
+async fn the_cli_creates_lists_consumes_and_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    let c = client();
+    let out = crate::common::stdout(&projector(
+        &s,
+        &[
+            "subscriptions",
+            "create",
+            "cli",
+            "--source",
+            "$ce-order",
+            "--strategy",
+            "pinned",
+        ],
+    ));
+    assert!(
+        out.contains("subscription  cli") && out.contains("pinned"),
+        "{out}"
+    );
+    let bad = projector(
+        &s,
+        &[
+            "subscriptions",
+            "create",
+            "x",
+            "--source",
+            "$all",
+            "--max-in-flight",
+            "0",
+        ],
+    );
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("max_in_flight"));
+    append_n(&c, &s, "order-1", 3).await;
+    append_n(&c, &s, "user-1", 1).await;
+    let out = crate::common::stdout(&projector(
+        &s,
+        &[
+            "subscriptions",
+            "consume",
+            "cli",
+            "--ack",
+            "--limit",
+            "3",
+            "--json",
+        ],
+    ));
+    let positions: Vec<u64> = out
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["position"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(positions, vec![1, 2, 3]);
+    assert_eq!(
+        status(&c, &s, "cli").await["floor"],
+        4,
+        "acked, and the user event passed"
+    );
+    let out = crate::common::stdout(&projector(&s, &["subscriptions", "list"]));
+    assert!(out.lines().nth(1).unwrap().starts_with("cli "), "{out}");
+    crate::common::stdout(&projector(&s, &["subscriptions", "delete", "cli"]));
+    let gone = projector(&s, &["subscriptions", "show", "cli"]);
+    assert!(!gone.status.success());
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("subscription_not_found"));
+}
