@@ -77,7 +77,7 @@ impl Remote {
         ack: bool,
         limit: Option<u64>,
     ) -> Result<(), ClientError> {
-        let mut query = format!("max=100&wait_ms=30000");
+        let mut query = String::from("max=100&wait_ms=30000");
         if let Some(consumer) = consumer {
             query.push_str(&format!("&consumer={}", segment(consumer)));
         }
