@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use super::{AmqpConfig, AmqpError, Broker};
 use crate::http::encode;
-use crate::log::{Log, Source};
+use crate::log::{Log, Position, RecordedEvent, Source};
 use crate::subscriptions::Store;
 
 /// Events read and published per round, and their bytes at most (plus one event); the mark
@@ -28,6 +28,46 @@ const ROUND_BYTES: usize = 16 * 1024 * 1024;
 /// The outbox mark's name in the store.
 fn mark(config: &AmqpConfig) -> String {
     format!("amqp-fanout/{}", config.fanout_exchange)
+}
+
+/// A round of messages published, awaiting the broker's confirms.
+struct Round {
+    last: Position,
+    confirms: Vec<(Position, lapin::PublisherConfirm)>,
+}
+
+impl Round {
+    /// Waits for every confirm, then stores the mark: the position published through.
+    async fn confirm(self, store: &Arc<Store>, name: &str) -> Result<Position, AmqpError> {
+        for (position, confirm) in self.confirms {
+            if confirm.await?.is_nack() {
+                return Err(AmqpError::Refused(position));
+            }
+        }
+        let (store, name, last) = (store.clone(), name.to_owned(), self.last);
+        tokio::task::spawn_blocking(move || store.set_outbox(&name, last)).await??;
+        Ok(last)
+    }
+}
+
+/// A message's properties: persistent, the event id as `message_id`, and the headers.
+fn properties(e: &RecordedEvent) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    headers.insert("position".into(), AMQPValue::LongLongInt(e.position as i64));
+    headers.insert(
+        "stream".into(),
+        AMQPValue::LongString(e.stream.as_str().into()),
+    );
+    headers.insert("revision".into(), AMQPValue::LongLongInt(e.revision as i64));
+    headers.insert(
+        "type".into(),
+        AMQPValue::LongString(e.event_type.as_str().into()),
+    );
+    BasicProperties::default()
+        .with_message_id(e.id.to_string().into())
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_headers(headers)
 }
 
 pub(super) async fn run(
@@ -61,12 +101,16 @@ pub(super) async fn run(
     broker.published.store(published, Ordering::Release);
     let mut head = log.head();
     let exchange: lapin::types::ShortString = config.fanout_exchange.as_str().into();
+    // Published and not yet confirmed: one round, whose confirms are awaited (and its mark
+    // stored) while the next round goes out, so the broker is never idle between rounds.
+    let mut unconfirmed: Option<Round> = None;
+    let mut sent = published;
     loop {
         let until = *head.borrow_and_update();
-        while published < until {
+        while sent < until {
             let events = {
                 let reader = log.reader().clone();
-                let after = published;
+                let after = sent;
                 tokio::task::spawn_blocking(move || {
                     reader.read_after(&Source::All, after, (ROUND_EVENTS, ROUND_BYTES), until)
                 })
@@ -75,46 +119,50 @@ pub(super) async fn run(
             let Some(last) = events.last().map(|e| e.position) else {
                 break;
             };
+            let bodies: Vec<Vec<u8>> = events
+                .iter()
+                .map(|e| {
+                    let mut body = Vec::with_capacity(256 + e.data.len() + e.metadata.len());
+                    encode::event(&mut body, e);
+                    body
+                })
+                .collect();
+            // `basic_publish` queues its frames (and takes its confirm's number) on its first
+            // poll, then waits for lapin's I/O thread to have written them. Awaiting each in
+            // turn would make every message a round trip between threads (measured: about
+            // 35 µs of CPU a message); instead each is polled once, in position order, which
+            // queues them all in that order, and the writes are awaited afterwards.
+            let mut sending = Vec::with_capacity(events.len());
+            for (e, body) in events.iter().zip(&bodies) {
+                let mut publish = Box::pin(channel.basic_publish(
+                    exchange.clone(),
+                    "".into(),
+                    BasicPublishOptions::default(),
+                    body,
+                    properties(e),
+                ));
+                let first = std::future::poll_fn(|cx| {
+                    std::task::Poll::Ready(publish.as_mut().poll(cx))
+                })
+                .await;
+                sending.push((e.position, first, publish));
+            }
             let mut confirms = Vec::with_capacity(events.len());
-            let mut body = Vec::with_capacity(512);
-            for e in &events {
-                body.clear();
-                encode::event(&mut body, e);
-                let mut headers = FieldTable::default();
-                headers.insert("position".into(), AMQPValue::LongLongInt(e.position as i64));
-                headers.insert(
-                    "stream".into(),
-                    AMQPValue::LongString(e.stream.as_str().into()),
-                );
-                headers.insert("revision".into(), AMQPValue::LongLongInt(e.revision as i64));
-                headers.insert(
-                    "type".into(),
-                    AMQPValue::LongString(e.event_type.as_str().into()),
-                );
-                let properties = BasicProperties::default()
-                    .with_message_id(e.id.to_string().into())
-                    .with_content_type("application/json".into())
-                    .with_delivery_mode(2)
-                    .with_headers(headers);
-                let confirm = channel
-                    .basic_publish(
-                        exchange.clone(),
-                        "".into(),
-                        BasicPublishOptions::default(),
-                        &body,
-                        properties,
-                    )
-                    .await?;
-                confirms.push((e.position, confirm));
+            for (position, first, publish) in sending {
+                let confirm = match first {
+                    std::task::Poll::Ready(confirm) => confirm?,
+                    std::task::Poll::Pending => publish.await?,
+                };
+                confirms.push((position, confirm));
             }
-            for (position, confirm) in confirms {
-                if confirm.await?.is_nack() {
-                    return Err(AmqpError::Refused(position));
-                }
+            sent = last;
+            if let Some(round) = unconfirmed.replace(Round { last, confirms }) {
+                published = round.confirm(store, &name).await?;
+                broker.published.store(published, Ordering::Release);
             }
-            let (store, name) = (store.clone(), name.clone());
-            tokio::task::spawn_blocking(move || store.set_outbox(&name, last)).await??;
-            published = last;
+        }
+        if let Some(round) = unconfirmed.take() {
+            published = round.confirm(store, &name).await?;
             broker.published.store(published, Ordering::Release);
         }
         tokio::select! {

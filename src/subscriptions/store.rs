@@ -137,7 +137,9 @@ impl Store {
         Ok(all)
     }
 
-    /// Stores the settings (and, for a new subscription, its floor).
+    /// Stores the settings; for a new subscription also its floor, and clears whatever a
+    /// deleted one of the same name may have left (an ack that was being stored as it was
+    /// deleted).
     pub fn put(
         &self,
         (account, name): (&str, &str),
@@ -150,6 +152,10 @@ impl Store {
             .insert((account, name), encoded.as_slice())?;
         if let Some(floor) = floor {
             txn.open_table(FLOORS)?.insert((account, name), floor)?;
+            let range = (account, name, 0)..=(account, name, u64::MAX);
+            txn.open_table(ACKED)?
+                .retain_in(range.clone(), |_, _| false)?;
+            txn.open_table(PARKED)?.retain_in(range, |_, _| false)?;
         }
         txn.commit()?;
         Ok(())
@@ -207,5 +213,52 @@ impl Store {
         txn.open_table(OUTBOX)?.insert(name, position)?;
         txn.commit()?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> Settings {
+        serde_json::from_str(r#"{"source": "$all"}"#).unwrap()
+    }
+
+    #[test]
+    fn state_round_trips_and_a_new_subscription_starts_clean() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.put(("a", "s"), &settings(), Some(3)).unwrap();
+        store.put(("b", "s"), &settings(), Some(0)).unwrap();
+        let parked = Parked {
+            reason: "bad".into(),
+            deliveries: 2,
+            parked_at: 1,
+        };
+        let delta = Delta {
+            floor: Some(5),
+            ack: vec![7, 9],
+            park: vec![(6, parked.clone())],
+            ..Delta::default()
+        };
+        store.write(("a", "s"), &delta).unwrap();
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        let all = store.load().unwrap();
+        let a = all.iter().find(|s| s.account == "a").unwrap();
+        assert_eq!(a.floor, 5);
+        assert_eq!(a.acked, BTreeSet::from([7, 9]));
+        assert_eq!(a.parked, BTreeMap::from([(6, parked)]));
+        let b = all.iter().find(|s| s.account == "b").unwrap();
+        assert!(b.acked.is_empty(), "another account's subscription of the same name");
+        // Deleted, and a late write of its acks lands; a new one of the same name is clean.
+        store.delete(("a", "s")).unwrap();
+        store.write(("a", "s"), &delta).unwrap();
+        store.put(("a", "s"), &settings(), Some(0)).unwrap();
+        let a = store.load().unwrap().into_iter().find(|s| s.account == "a").unwrap();
+        assert_eq!((a.floor, a.acked.len(), a.parked.len()), (0, 0, 0));
+        store.set_outbox("x", 42).unwrap();
+        assert_eq!(store.outbox("x").unwrap(), 42);
+        assert_eq!(store.outbox("y").unwrap(), 0);
     }
 }
