@@ -93,10 +93,10 @@ struct AmqpArgs {
     /// The broker, `amqp://user:password@host:5672/vhost`; without it, no AMQP.
     #[arg(long = "amqp", env = "PROJECTOR_AMQP")]
     url: Option<String>,
-    /// The durable queue whose messages are appended.
+    /// The durable queue whose messages are appended ("": no ingest).
     #[arg(long, env = "PROJECTOR_AMQP_INGEST_QUEUE", default_value = projector::amqp::DEFAULT_INGEST_QUEUE)]
     amqp_ingest_queue: String,
-    /// The durable fanout exchange every committed event is published to.
+    /// The durable fanout exchange every committed event is published to ("": no fanout).
     #[arg(long, env = "PROJECTOR_AMQP_FANOUT_EXCHANGE", default_value = projector::amqp::DEFAULT_FANOUT_EXCHANGE)]
     amqp_fanout_exchange: String,
     /// The dead-letter exchange (and queue) of refused messages.

@@ -141,10 +141,9 @@ pub(super) async fn run(
                     body,
                     properties(e),
                 ));
-                let first = std::future::poll_fn(|cx| {
-                    std::task::Poll::Ready(publish.as_mut().poll(cx))
-                })
-                .await;
+                let first =
+                    std::future::poll_fn(|cx| std::task::Poll::Ready(publish.as_mut().poll(cx)))
+                        .await;
                 sending.push((e.position, first, publish));
             }
             let mut confirms = Vec::with_capacity(events.len());

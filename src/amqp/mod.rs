@@ -35,9 +35,9 @@ use crate::subscriptions::{Store, StoreError};
 pub struct AmqpConfig {
     /// `amqp://user:password@host:port/vhost`.
     pub url: String,
-    /// The durable queue appends are taken from.
+    /// The durable queue appends are taken from; empty: no ingest.
     pub ingest_queue: String,
-    /// The durable fanout exchange committed events are published to.
+    /// The durable fanout exchange committed events are published to; empty: no fanout.
     pub fanout_exchange: String,
     /// The fanout exchange (and the durable queue bound to it, of the same name) refused
     /// messages go to.
@@ -84,6 +84,8 @@ pub struct Broker {
     state: Mutex<BrokerState>,
     /// The position published through (confirmed and stored).
     published: AtomicU64,
+    /// Whether the fanout runs (else `/health` shows no fanout figures).
+    fanout: bool,
     log: Log,
 }
 
@@ -98,11 +100,13 @@ impl Broker {
 
     /// `{"state", "reason"?, "fanout_position", "fanout_lag"}`.
     pub fn health(&self) -> serde_json::Value {
-        let published = self.published.load(Ordering::Acquire);
-        let head = *self.log.head().borrow();
         let mut value = serde_json::to_value(self.state()).unwrap_or_default();
-        value["fanout_position"] = published.into();
-        value["fanout_lag"] = head.saturating_sub(published).into();
+        if self.fanout {
+            let published = self.published.load(Ordering::Acquire);
+            let head = *self.log.head().borrow();
+            value["fanout_position"] = published.into();
+            value["fanout_lag"] = head.saturating_sub(published).into();
+        }
         value
     }
 }
@@ -117,6 +121,7 @@ pub fn start(
     let broker = Arc::new(Broker {
         state: Mutex::new(BrokerState::Connecting),
         published: AtomicU64::new(0),
+        fanout: !config.fanout_exchange.is_empty(),
         log: log.clone(),
     });
     let supervisor = broker.clone();
@@ -178,8 +183,24 @@ async fn session(
     .await?;
     broker.set(BrokerState::Connected);
     tracing::info!("AMQP broker connected");
-    let ingest = ingest::run(&connection, config, log, shutdown.clone());
-    let fanout = fanout::run(&connection, config, log, store, broker, shutdown);
+    let idle = |mut shutdown: watch::Receiver<bool>| async move {
+        let _ = shutdown.wait_for(|s| *s).await;
+        Ok(())
+    };
+    let ingest = async {
+        if config.ingest_queue.is_empty() {
+            idle(shutdown.clone()).await
+        } else {
+            ingest::run(&connection, config, log, shutdown.clone()).await
+        }
+    };
+    let fanout = async {
+        if config.fanout_exchange.is_empty() {
+            idle(shutdown.clone()).await
+        } else {
+            fanout::run(&connection, config, log, store, broker, shutdown.clone()).await
+        }
+    };
     tokio::pin!(ingest, fanout);
     // Either ends with an error (the other is dropped: the connection is going anyway), or
     // with the shutdown, after which the other is let finish too (the ingest settles the

@@ -250,12 +250,20 @@ mod tests {
         assert_eq!(a.acked, BTreeSet::from([7, 9]));
         assert_eq!(a.parked, BTreeMap::from([(6, parked)]));
         let b = all.iter().find(|s| s.account == "b").unwrap();
-        assert!(b.acked.is_empty(), "another account's subscription of the same name");
+        assert!(
+            b.acked.is_empty(),
+            "another account's subscription of the same name"
+        );
         // Deleted, and a late write of its acks lands; a new one of the same name is clean.
         store.delete(("a", "s")).unwrap();
         store.write(("a", "s"), &delta).unwrap();
         store.put(("a", "s"), &settings(), Some(0)).unwrap();
-        let a = store.load().unwrap().into_iter().find(|s| s.account == "a").unwrap();
+        let a = store
+            .load()
+            .unwrap()
+            .into_iter()
+            .find(|s| s.account == "a")
+            .unwrap();
         assert_eq!((a.floor, a.acked.len(), a.parked.len()), (0, 0, 0));
         store.set_outbox("x", 42).unwrap();
         assert_eq!(store.outbox("x").unwrap(), 42);
