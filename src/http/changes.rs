@@ -180,7 +180,11 @@ impl Follower {
                         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                         continue;
                     }
-                    let Ok(since) = next.since() else { continue };
+                    let Ok(since) = next.since() else {
+                        // Retired already too: wait for its successor.
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                        continue;
+                    };
                     self.reset(
                         "a rebuilt version was swapped in: read the view again",
                         since,

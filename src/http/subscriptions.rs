@@ -28,8 +28,9 @@ const MAX_POLL: usize = 10_000;
 const MAX_WAIT_MS: u64 = 60_000;
 /// Most positions in one ack or nack.
 const MAX_POSITIONS: usize = 100_000;
-/// Events an SSE consumer takes at a time.
-const SSE_CHUNK: usize = 64;
+/// Deliveries queued for an SSE consumer's connection, at most (they are in flight, so
+/// their ack timeout runs while they wait).
+const SSE_QUEUE: usize = 64;
 
 impl From<SubscriptionError> for ApiError {
     fn from(e: SubscriptionError) -> Self {
@@ -273,7 +274,7 @@ pub async fn live(
             1,
         )
     })?;
-    let (tx, rx) = tokio::sync::mpsc::channel::<Event>(SSE_CHUNK);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Event>(SSE_QUEUE);
     // The consumer task: owned by the runtime; ends when the client goes away, the
     // subscription is deleted or the server shuts down. Events it took stay in flight until
     // acknowledged or past their deadline.

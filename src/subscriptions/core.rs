@@ -48,7 +48,6 @@ struct Pending {
     /// Deliveries so far.
     attempts: u32,
     stage: Stage,
-    reason: Option<String>,
     /// Delivered again from the parked set (its position may be below the floor).
     replay: bool,
 }
@@ -160,7 +159,6 @@ impl Core {
                     event: Arc::new(event),
                     attempts: 0,
                     stage: Stage::Ready,
-                    reason: None,
                     replay: false,
                 },
             );
@@ -183,7 +181,6 @@ impl Core {
                     event: Arc::new(event),
                     attempts: 0,
                     stage: Stage::Ready,
-                    reason: None,
                     replay: true,
                 },
             );
@@ -317,7 +314,6 @@ impl Core {
                 continue;
             }
             self.in_flight -= 1;
-            pending.reason = Some(reason.to_owned());
             if pending.attempts >= self.settings.max_deliveries {
                 pending.stage = Stage::Resolving;
                 parks.push((

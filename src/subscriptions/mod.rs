@@ -222,6 +222,13 @@ pub struct Subscription {
     store: Arc<Store>,
 }
 
+/// What an ack or nack does with the events it names.
+enum Settle<'a> {
+    Resolve(Resolution),
+    /// Deliver again, noting why.
+    Retry(&'a str),
+}
+
 /// A subscription as `GET /subscriptions/{name}` shows it.
 #[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct SubscriptionStatus {
@@ -431,7 +438,7 @@ impl Subscription {
         self.core.lock().leave(consumer, Instant::now());
     }
 
-    /// Up to `max` events for a connected consumer, now; `None` past `max_in_flight`.
+    /// Up to `max` events for a connected consumer, now; none while `max_in_flight` are out.
     pub fn take(&self, consumer: &ConsumerId, max: usize) -> Vec<Delivery> {
         let taken = self.core.lock().take(consumer, max, Instant::now());
         if !taken.is_empty() {
@@ -447,7 +454,7 @@ impl Subscription {
 
     /// Acknowledges in-flight events; answered once durable.
     pub async fn ack(self: &Arc<Self>, positions: &[Position]) -> Result<(), SubscriptionError> {
-        self.settle(positions, |p| vec![(p, Resolution::Ack)], None)
+        self.settle(positions, Settle::Resolve(Resolution::Ack))
             .await
     }
 
@@ -458,31 +465,19 @@ impl Subscription {
         action: NackAction,
         reason: &str,
     ) -> Result<(), SubscriptionError> {
-        match action {
-            NackAction::Skip => {
-                self.settle(positions, |p| vec![(p, Resolution::Ack)], None)
-                    .await
-            }
-            NackAction::Park => {
-                let reason = reason.to_owned();
-                self.settle(
-                    positions,
-                    move |p| vec![(p, Resolution::Park(reason.clone()))],
-                    None,
-                )
-                .await
-            }
-            NackAction::Retry => self.settle(positions, |_| Vec::new(), Some(reason)).await,
-        }
+        let settle = match action {
+            NackAction::Skip => Settle::Resolve(Resolution::Ack),
+            NackAction::Park => Settle::Resolve(Resolution::Park(reason.to_owned())),
+            NackAction::Retry => Settle::Retry(reason),
+        };
+        self.settle(positions, settle).await
     }
 
-    /// Checks that every position is in flight, then resolves them as `each` says (or sends
-    /// them back with `retry`'s reason), durably.
+    /// Checks that every position is in flight, then settles them all alike, durably.
     async fn settle(
         self: &Arc<Self>,
         positions: &[Position],
-        each: impl Fn(Position) -> Vec<(Position, Resolution)>,
-        retry: Option<&str>,
+        settle: Settle<'_>,
     ) -> Result<(), SubscriptionError> {
         let begun = {
             let mut core = self.core.lock();
@@ -490,14 +485,18 @@ impl Subscription {
             if !missing.is_empty() {
                 return Err(SubscriptionError::NotInFlight(missing));
             }
-            match retry {
-                Some(reason) => core.retry(positions, reason),
-                None => {
-                    let mut unique = positions.to_vec();
-                    unique.sort_unstable();
-                    unique.dedup();
-                    core.begin(unique.into_iter().flat_map(&each).collect())
-                }
+            let mut unique = positions.to_vec();
+            unique.sort_unstable();
+            unique.dedup();
+            match settle {
+                // Parked instead when delivered `max_deliveries` times.
+                Settle::Retry(reason) => core.retry(&unique, reason),
+                Settle::Resolve(resolution) => core.begin(
+                    unique
+                        .into_iter()
+                        .map(|p| (p, resolution.clone()))
+                        .collect(),
+                ),
             }
         };
         self.wake();
