@@ -226,6 +226,35 @@ impl Remote {
                 remarks(p),
             )?;
         }
+        drop(out);
+        if name.is_none() {
+            self.print_broker().await?;
+        }
+        Ok(())
+    }
+
+    /// With `--amqp`, a line on the broker: its state and the fanout's lag.
+    async fn print_broker(&self) -> Result<(), ClientError> {
+        let health = match self.http.get(format!("{}/health", self.base)).send().await {
+            Ok(response) => response.json::<Value>().await.unwrap_or(Value::Null),
+            Err(_) => return Ok(()),
+        };
+        let amqp = &health["amqp"];
+        if amqp.is_null() {
+            return Ok(());
+        }
+        let mut line = format!("AMQP broker: {}", text(&amqp["state"]));
+        if let Some(reason) = amqp["reason"].as_str() {
+            line.push_str(&format!(" ({reason})"));
+        }
+        if !amqp["fanout_position"].is_null() {
+            line.push_str(&format!(
+                "; fanout published through {} (lag {})",
+                number(&amqp["fanout_position"]),
+                number(&amqp["fanout_lag"])
+            ));
+        }
+        writeln!(std::io::stdout().lock(), "\n{line}")?;
         Ok(())
     }
 

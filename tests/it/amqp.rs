@@ -481,7 +481,16 @@ async fn the_server_serves_on_while_the_broker_is_unreachable() {
         assert!(Instant::now() < deadline, "{state}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Reads go on.
+    // Reads go on, and `projector status` says where the broker is.
     let (code, _) = get_json(&c, &s.url("/streams/a-1")).await;
     assert_eq!(code, StatusCode::OK);
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_projector"))
+        .args(["status", "--server", &s.base])
+        .output()
+        .unwrap();
+    let out = crate::common::stdout(&status);
+    assert!(
+        out.contains("AMQP broker: down") && out.contains("(lag 1)"),
+        "{out}"
+    );
 }
