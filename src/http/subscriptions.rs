@@ -264,6 +264,12 @@ pub async fn live(
     let sub = find(&state, &tenant, &name_of(path)?)?;
     let Query(params) = query.map_err(|r| rejection("invalid_query", r))?;
     let consumer = consumer_of(params.consumer)?;
+    let permit = state.live.clone().try_acquire_owned().map_err(|_| {
+        ApiError::busy(
+            "too_many_subscriptions",
+            "the server holds as many live subscriptions as it takes; retry shortly",
+        )
+    })?;
     let slot = tenant.live_slot().ok_or_else(|| {
         ApiError::too_many(
             "too_many_live_subscriptions",
@@ -280,7 +286,7 @@ pub async fn live(
     // acknowledged or past their deadline.
     let mut shutdown = state.shutdown.clone();
     tokio::spawn(async move {
-        let _slot = slot;
+        let _held = (permit, slot);
         sub.enter(&consumer);
         let mut stopped = sub.stopped();
         tokio::select! {
