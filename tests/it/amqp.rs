@@ -494,3 +494,58 @@ async fn the_server_serves_on_while_the_broker_is_unreachable() {
         "{out}"
     );
 }
+
+#[tokio::test]
+async fn a_passing_failure_requeues_and_the_message_lands_once() {
+    let n = names();
+    let dir = tempfile::tempdir().unwrap();
+    let (_conn, ch) = channel().await;
+    ch.queue_declare(n.ingest.as_str().into(), durable(), FieldTable::default())
+        .await
+        .unwrap();
+    let s = start(dir.path(), &n);
+    let c = client();
+    // The disk is full: the append is refused with 507, which may pass, so the message goes
+    // back to the queue rather than to the dead letters.
+    crate::common::failpoint(&c, &s, "log-commit", "return(enospc)").await;
+    let body = json!({"stream": "full-1", "type": "T", "data": {"n": 1}});
+    publish(
+        &ch,
+        &n.ingest,
+        body.to_string().as_bytes(),
+        BasicProperties::default(),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get_json(&c, &s.url("/health")).await.1["status"] != "degraded" {
+        assert!(Instant::now() < deadline, "the full disk was never hit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    crate::common::clear_failpoint(&c, &s, "log-commit").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        // 404 until it lands (and a moment of 503 while the log reopens after the failure).
+        let (code, page) = get_json(&c, &s.url("/streams/full-1")).await;
+        if code == StatusCode::OK {
+            assert_eq!(page["events"].as_array().unwrap().len(), 1, "appended once");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the message never landed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let dead = ch
+        .queue_declare(
+            n.dead.as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(dead.message_count(), 0, "nothing was dead-lettered");
+    drop(s);
+    n.clean(&ch).await;
+}
