@@ -483,12 +483,37 @@ impl Remote {
         }
     }
 
+    /// A request answered with JSON.
     async fn call(
         &self,
         method: Method,
         path: &str,
         body: Option<Value>,
     ) -> Result<Value, ClientError> {
+        self.send(method, path, body)
+            .await?
+            .json()
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// A request answered with no body (204).
+    async fn call_empty(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(), ClientError> {
+        self.send(method, path, body).await.map(drop)
+    }
+
+    /// Sends a request; its response if it succeeded, else the server's error.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<reqwest::Response, ClientError> {
         let mut request = self.http.request(method, format!("{}{path}", self.base));
         if let Some(body) = body {
             request = request.json(&body);
@@ -497,11 +522,7 @@ impl Remote {
             .send()
             .await
             .map_err(|source| self.unreachable(source))?;
-        let response = refusal(response).await?;
-        response
-            .json()
-            .await
-            .map_err(|e| ClientError::Protocol(e.to_string()))
+        refusal(response).await
     }
 
     fn unreachable(&self, source: reqwest::Error) -> ClientError {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::{ClientError, Remote, number, print_json, refusal, segment, text};
+use super::{ClientError, Remote, number, print_json, segment, text};
 use crate::subscriptions::Settings;
 
 impl Remote {
@@ -163,25 +163,6 @@ impl Remote {
             number(&s["consumers"]),
             s["events_per_second"].as_f64().unwrap_or(0.0)
         )?;
-        Ok(())
-    }
-
-    /// A request answered with no body (204).
-    async fn call_empty(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<(), ClientError> {
-        let mut request = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request
-            .send()
-            .await
-            .map_err(|source| self.unreachable(source))?;
-        refusal(response).await?;
         Ok(())
     }
 }

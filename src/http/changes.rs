@@ -67,20 +67,8 @@ pub async fn follow(
 ) -> Result<Response, ApiError> {
     let Path(name) = path.map_err(|r| rejection("invalid_path", r))?;
     let Query(params) = query.map_err(|r| rejection("invalid_query", r))?;
-    let last_seen = match headers.get("last-event-id") {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or_else(|| {
-                    ApiError::bad_request(
-                        "invalid_last_event_id",
-                        "Last-Event-ID must be a commit position",
-                    )
-                })?,
-        ),
-    };
+    let last_seen =
+        super::live::last_event_id(&headers, "Last-Event-ID must be a commit position")?;
     let projections = tenant.projections.clone();
     let feed = projections.feed(&name).ok_or_else(|| {
         ApiError::not_found(
@@ -88,22 +76,7 @@ pub async fn follow(
             format!("no projection named {name:?} is serving"),
         )
     })?;
-    let permit = state.live.clone().try_acquire_owned().map_err(|_| {
-        ApiError::busy(
-            "too_many_subscriptions",
-            "the server holds as many live subscriptions as it takes; retry shortly",
-        )
-    })?;
-    let slot = tenant.live_slot().ok_or_else(|| {
-        ApiError::too_many(
-            "too_many_live_subscriptions",
-            format!(
-                "this account holds its limit of {} live subscriptions; close one or retry later",
-                tenant.limits().live_subscriptions
-            ),
-            1,
-        )
-    })?;
+    let held = super::live::hold(&state, &tenant)?;
     let after = match (last_seen, params.from) {
         (Some(id), _) => Some(id.saturating_sub(1)),
         (None, from) => from,
@@ -113,7 +86,7 @@ pub async fn follow(
     // removed, or the server shuts down.
     let mut shutdown = state.shutdown.clone();
     tokio::spawn(async move {
-        let _permits = (permit, slot);
+        let _held = held;
         let follower = Follower {
             projections,
             name,

@@ -6,7 +6,22 @@
 //!  "recorded_at":1764000000000000,"data":{…},"metadata":null}
 //! ```
 
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+
 use crate::log::RecordedEvent;
+
+/// A 200 whose body is JSON text written by hand (or stored as JSON).
+pub fn json_response(body: Vec<u8>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
 
 pub fn event(out: &mut Vec<u8>, e: &RecordedEvent) {
     let mut numbers = itoa::Buffer::new();

@@ -81,38 +81,9 @@ pub async fn subscribe(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let source = parse_source(&path_param(path)?)?;
-    let permit = state.live.clone().try_acquire_owned().map_err(|_| {
-        ApiError::busy(
-            "too_many_subscriptions",
-            "the server holds as many live subscriptions as it takes; retry shortly",
-        )
-    })?;
-    let slot = tenant.live_slot().ok_or_else(|| {
-        ApiError::too_many(
-            "too_many_live_subscriptions",
-            format!(
-                "this account holds its limit of {} live subscriptions; close one or retry later",
-                tenant.limits().live_subscriptions
-            ),
-            1,
-        )
-    })?;
+    let held = hold(&state, &tenant)?;
     let Query(params) = query.map_err(|r| rejection("invalid_query", r))?;
-    let last_seen = match headers.get("last-event-id") {
-        None => None,
-        Some(value) => Some(
-            value
-                .to_str()
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or_else(|| {
-                    ApiError::bad_request(
-                        "invalid_last_event_id",
-                        "Last-Event-ID must be an event position",
-                    )
-                })?,
-        ),
-    };
+    let last_seen = last_event_id(&headers, "Last-Event-ID must be an event position")?;
     let reader = tenant.log.reader().clone();
     let head = *tenant.log.head().borrow();
     let start = {
@@ -140,7 +111,7 @@ pub async fn subscribe(
     let (keys, mut revocations) = (state.keys.clone(), state.keys.revocations());
     let key = principal.map(|Extension(p)| p.key_id.clone());
     tokio::spawn(async move {
-        let _permits = (permit, slot);
+        let _held = held;
         let revoked = async move {
             let Some(key) = key else {
                 return std::future::pending().await;
@@ -173,6 +144,52 @@ pub async fn subscribe(
     Ok(Sse::new(events.boxed())
         .keep_alive(keep_alive)
         .into_response())
+}
+
+/// What an open SSE response holds against the limits: one of the server's live
+/// subscriptions and one of its account's; both freed when dropped.
+pub struct Held {
+    _server: OwnedSemaphorePermit,
+    _account: crate::tenants::LiveSlot,
+}
+
+/// Takes a place for one more SSE response (a live read, a subscription's consumer, a change
+/// feed): 503 when the server holds as many as it takes, 429 when the account does.
+pub fn hold(state: &AppState, tenant: &crate::tenants::Tenant) -> Result<Held, ApiError> {
+    let server = state.live.clone().try_acquire_owned().map_err(|_| {
+        ApiError::busy(
+            "too_many_subscriptions",
+            "the server holds as many live subscriptions as it takes; retry shortly",
+        )
+    })?;
+    let account = tenant.live_slot().ok_or_else(|| {
+        ApiError::too_many(
+            "too_many_live_subscriptions",
+            format!(
+                "this account holds its limit of {} live subscriptions; close one or retry later",
+                tenant.limits().live_subscriptions
+            ),
+            1,
+        )
+    })?;
+    Ok(Held {
+        _server: server,
+        _account: account,
+    })
+}
+
+/// The `Last-Event-ID` header as a number, if sent; `invalid` is the 400's message otherwise.
+pub fn last_event_id(headers: &HeaderMap, invalid: &'static str) -> Result<Option<u64>, ApiError> {
+    headers
+        .get("last-event-id")
+        .map(|value| {
+            value
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| ApiError::bad_request("invalid_last_event_id", invalid))
+        })
+        .transpose()
 }
 
 /// The follower's end of a subscription.

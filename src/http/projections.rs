@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Deserialize;
@@ -320,14 +320,7 @@ pub async fn document(
     let lookup = key.clone();
     let found = tokio::task::spawn_blocking(move || view.get(&lookup)).await??;
     match found {
-        Some(document) => Ok((
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            )],
-            document,
-        )
-            .into_response()),
+        Some(document) => Ok(super::encode::json_response(document)),
         None => Err(ApiError::not_found(
             "document_not_found",
             format!("projection {name:?} has no document {key:?}"),

@@ -331,14 +331,7 @@ pub async fn read(
     body.extend_from_slice(b"],\"next\":");
     serde_json::to_writer(&mut body, &next).expect("writing to a Vec cannot fail");
     body.push(b'}');
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body,
-    )
-        .into_response())
+    Ok(encode::json_response(body))
 }
 
 /// How an append ended, as `projector_appends_total` labels it.

@@ -228,14 +228,7 @@ pub async fn poll(
         delivery_json(&mut body, d);
     }
     body.extend_from_slice(b"]}");
-    Ok((
-        [(
-            axum::http::header::CONTENT_TYPE,
-            axum::http::HeaderValue::from_static("application/json"),
-        )],
-        body,
-    )
-        .into_response())
+    Ok(encode::json_response(body))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -264,29 +257,14 @@ pub async fn live(
     let sub = find(&state, &tenant, &name_of(path)?)?;
     let Query(params) = query.map_err(|r| rejection("invalid_query", r))?;
     let consumer = consumer_of(params.consumer)?;
-    let permit = state.live.clone().try_acquire_owned().map_err(|_| {
-        ApiError::busy(
-            "too_many_subscriptions",
-            "the server holds as many live subscriptions as it takes; retry shortly",
-        )
-    })?;
-    let slot = tenant.live_slot().ok_or_else(|| {
-        ApiError::too_many(
-            "too_many_live_subscriptions",
-            format!(
-                "this account holds its limit of {} live subscriptions; close one or retry later",
-                tenant.limits().live_subscriptions
-            ),
-            1,
-        )
-    })?;
+    let held = super::live::hold(&state, &tenant)?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(SSE_QUEUE);
     // The consumer task: owned by the runtime; ends when the client goes away, the
     // subscription is deleted or the server shuts down. Events it took stay in flight until
     // acknowledged or past their deadline.
     let mut shutdown = state.shutdown.clone();
     tokio::spawn(async move {
-        let _held = (permit, slot);
+        let _held = held;
         sub.enter(&consumer);
         let mut stopped = sub.stopped();
         tokio::select! {
@@ -462,14 +440,7 @@ pub async fn parked(
         );
     }
     body.extend_from_slice(b"]}");
-    Ok((
-        [(
-            axum::http::header::CONTENT_TYPE,
-            axum::http::HeaderValue::from_static("application/json"),
-        )],
-        body,
-    )
-        .into_response())
+    Ok(encode::json_response(body))
 }
 
 #[derive(Deserialize, Default, utoipa::ToSchema)]

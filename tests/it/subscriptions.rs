@@ -314,7 +314,12 @@ async fn pinned_keeps_each_stream_with_one_consumer_and_polls_wake_on_appends() 
         );
         tokio::spawn(async move { get_json(&c, &url).await })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The poll is waiting once its consumer counts as connected.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status(&c, &s, "pin").await["consumers"] != 1 {
+        assert!(Instant::now() < deadline, "the poll never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let started = Instant::now();
     append_n(&c, &s, "x-1", 1).await;
     let (code, first) = waiting.await.unwrap();
