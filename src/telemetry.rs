@@ -118,6 +118,7 @@ fn state_gauges(labels: &[(&'static str, String); 3], current: State) {
         (State::Faulted, "faulted"),
         (State::Paused, "paused"),
         (State::Invalid, "invalid"),
+        (State::Compiling, "compiling"),
     ] {
         let mut with_state: Vec<(&'static str, String)> = labels.to_vec();
         with_state.push(("state", name.to_owned()));

@@ -9,11 +9,11 @@
 //! and randomness is a fixed sequence, so a view stays a pure function of the events; what
 //! they print becomes log lines tagged with the projection.
 
+mod cache;
 mod guest;
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, Store, Trap};
 
+use cache::Cache;
 use guest::{GuestState, bindings};
 
 pub use guest::ViewReader;
@@ -172,11 +173,15 @@ pub type Changes = HashMap<String, Option<Vec<u8>>>;
 
 /// The engine and linker shared by every projection.
 pub struct Runtime {
-    engine: Engine,
     linker: Linker<GuestState>,
-    cache_dir: PathBuf,
+    cache: Cache,
     limits: Limits,
     ticker: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+    /// Jobs for the compiler thread ("wasm-compiler"). The thread is owned by the runtime and
+    /// ends when this sender is dropped with it; it is not joined (a compile in flight at
+    /// exit is abandoned, and the job's owner holds only a `Weak` to anything it calls back).
+    /// The lock guards only the send.
+    compiler: parking_lot::Mutex<std::sync::mpsc::Sender<CompileJob>>,
 }
 
 impl Runtime {
@@ -205,23 +210,46 @@ impl Runtime {
                 })
                 .map_err(|e| EngineError(e.to_string()))?
         };
-        Ok(Runtime {
-            engine,
+        let (compiler, jobs) = std::sync::mpsc::channel::<CompileJob>();
+        let runtime = Runtime {
+            cache: Cache::new(engine, cache_dir),
             linker,
-            cache_dir: cache_dir.to_owned(),
             limits,
             ticker: Some((stop, ticker)),
-        })
+            compiler: parking_lot::Mutex::new(compiler),
+        };
+        let worker = runtime.cache.clone();
+        std::thread::Builder::new()
+            .name("wasm-compiler".into())
+            .spawn(move || {
+                for job in jobs {
+                    let outcome = worker.compile(job.hash, &job.bytes);
+                    (job.done)(outcome);
+                }
+            })
+            .map_err(|e| EngineError(e.to_string()))?;
+        Ok(runtime)
     }
 
     /// Compiles (or loads from the cache) a projection's component, links it, and asks it for
-    /// its subscription. Blocking: compiling takes tens of milliseconds or more.
+    /// its subscription. Blocking: compiling takes tens of milliseconds, or seconds for a
+    /// JavaScript or Python component.
     pub fn load(&self, name: &str, bytes: &[u8]) -> Result<Code, LoadError> {
         let hash = VersionHash::of(bytes);
         let component = self.compile(hash, bytes)?;
+        self.link(name, hash, &component)
+    }
+
+    /// Links a compiled component and asks it for its subscription. Blocking, but quick.
+    pub fn link(
+        &self,
+        name: &str,
+        hash: VersionHash,
+        component: &Compiled,
+    ) -> Result<Code, LoadError> {
         let pre = self
             .linker
-            .instantiate_pre(&component)
+            .instantiate_pre(&component.0)
             .map_err(|e| LoadError::Contract(format!("{e:#}")))?;
         let pre =
             bindings::ProjectionPre::new(pre).map_err(|e| LoadError::Contract(format!("{e:#}")))?;
@@ -236,80 +264,50 @@ impl Runtime {
         Ok(code)
     }
 
-    fn compile(&self, hash: VersionHash, bytes: &[u8]) -> Result<Component, LoadError> {
-        let mut engine_hash = std::hash::DefaultHasher::new();
-        self.engine
-            .precompile_compatibility_hash()
-            .hash(&mut engine_hash);
-        let path = self
-            .cache_dir
-            .join(format!("{hash}-{:016x}.cwasm", engine_hash.finish()));
-        if path.exists() {
-            // SAFETY: files in the cache directory are written only by `compile` below, from
-            // this engine's own `precompile_component`, and renamed into place when complete.
-            match unsafe { Component::deserialize_file(&self.engine, &path) } {
-                Ok(component) => return Ok(component),
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "recompiling a bad cache entry")
-                }
-            }
-        }
-        let compiled = self
-            .engine
-            .precompile_component(bytes)
-            .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
-        // The cache only saves the next start a compile: a failure to write it (a full disk)
-        // is logged, and the component runs all the same.
-        if let Err(e) = write_cache(&path, &compiled) {
-            tracing::warn!(path = %path.display(), error = %e, "the compiled component is not cached");
-        }
-        // SAFETY: as above; this is the artifact just produced by this engine.
-        unsafe { Component::deserialize(&self.engine, &compiled) }
-            .map_err(|e| LoadError::Invalid(format!("{e:#}")))
+    /// The compiled component from the cache, if it is there: milliseconds however large the
+    /// component (the file is mapped, not read).
+    pub fn cached(&self, hash: VersionHash) -> Option<Compiled> {
+        self.cache.cached(hash)
     }
+
+    /// Compiles a component, or loads it from the cache. Blocking: from milliseconds to
+    /// seconds (see [`Runtime::compile_later`]).
+    pub fn compile(&self, hash: VersionHash, bytes: &[u8]) -> Result<Compiled, LoadError> {
+        self.cache.compile(hash, bytes)
+    }
+
+    /// Compiles a component on the compiler thread and hands the outcome to `done` there, so
+    /// that a large component (a JavaScript or Python one takes seconds) holds up neither the
+    /// caller nor the projections already running. Jobs run one at a time, in order; wasmtime
+    /// compiles each one's functions in parallel.
+    pub fn compile_later(&self, hash: VersionHash, bytes: Vec<u8>, done: CompileDone) {
+        let job = CompileJob { hash, bytes, done };
+        if let Err(std::sync::mpsc::SendError(job)) = self.compiler.lock().send(job) {
+            // The thread is gone (it cannot be while `self` lives, unless it panicked).
+            (job.done)(self.compile(job.hash, &job.bytes));
+        }
+    }
+}
+
+/// A compiled component, ready to link. Cheap to clone.
+#[derive(Clone)]
+pub struct Compiled(Component);
+
+/// What a background compile hands its outcome to.
+pub type CompileDone = Box<dyn FnOnce(Result<Compiled, LoadError>) + Send>;
+
+struct CompileJob {
+    hash: VersionHash,
+    bytes: Vec<u8>,
+    done: CompileDone,
 }
 
 impl Runtime {
     /// Deletes the compiled components (and half-written ones) of every version not in
-    /// `keep`: each distinct file ever deployed would otherwise stay in the cache for good.
-    /// Returns how many files went.
+    /// `keep`. Returns how many files went.
     pub fn prune_cache(&self, keep: &[VersionHash]) -> usize {
-        let keep: Vec<String> = keep.iter().map(|h| format!("{h}-")).collect();
-        let mut removed = 0;
-        for entry in std::fs::read_dir(&self.cache_dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let compiled = name.ends_with(".cwasm") || name.ends_with(".partial");
-            if compiled
-                && !keep.iter().any(|k| name.starts_with(k))
-                && std::fs::remove_file(entry.path()).is_ok()
-            {
-                removed += 1;
-            }
-        }
-        if removed > 0 {
-            tracing::info!(removed, "compiled components no version uses were deleted");
-        }
-        removed
+        self.cache.prune(keep)
     }
-}
-
-/// Writes a compiled component aside and renames it into place, so a reader never sees half
-/// of one.
-fn write_cache(path: &Path, compiled: &[u8]) -> std::io::Result<()> {
-    let partial = path.with_extension("partial");
-    let written = (|| {
-        crate::failpoint::failpoint!("cache-write", |arg| Err(crate::failpoint::io_error(arg)));
-        std::fs::write(&partial, compiled)?;
-        std::fs::rename(&partial, path)
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&partial);
-    }
-    written
 }
 
 impl Drop for Runtime {

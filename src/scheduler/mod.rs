@@ -99,6 +99,8 @@ pub struct Projections {
 }
 
 struct Shared {
+    /// Itself, for the compiler thread to call back without keeping it alive.
+    me: std::sync::Weak<Shared>,
     /// Compiles new versions; shared by every account's projections.
     runtime: Arc<Runtime>,
     /// The folder of `<name>.wasm` files: the one source of truth for what is deployed.
@@ -127,7 +129,8 @@ impl Projections {
         log: &Log,
         tokio: tokio::runtime::Handle,
     ) -> Result<Self, SchedulerError> {
-        let shared = Arc::new(Shared {
+        let shared = Arc::new_cyclic(|me| Shared {
+            me: me.clone(),
             runtime,
             folder: config.projections.clone(),
             views: ViewDir::new(&config.views),

@@ -105,6 +105,11 @@ impl Signal {
             || (over && (!queue.ready.is_empty() || !queue.rebuilding.is_empty() || queue.rescan))
     }
 
+    /// Whether the workers are stopping (or stopped).
+    pub fn stopping(&self) -> bool {
+        self.queue.lock().stopping
+    }
+
     /// Stops the workers: empties the queue and wakes every one.
     pub fn stop(&self) {
         {

@@ -22,7 +22,13 @@ use super::slot::{Next, Role, Run, Slot};
 use super::status::{SkipRecord, State, Status, SubscriptionReport};
 use super::{SchedulerError, Shared, batch, folder};
 use crate::log::Position;
-use crate::runtime::VersionHash;
+use crate::runtime::{Compiled, LoadError, VersionHash};
+
+/// Components up to this size are compiled by the deploy itself (a Rust projection of a few
+/// hundred KiB compiles in a fraction of a second); larger ones (a JavaScript or Python
+/// component is 12-18 MB and takes seconds) go to the compiler thread, so that they hold up
+/// neither the folder watcher, nor the start of the server, nor the other deploys.
+const COMPILE_HERE_BYTES: usize = 2 << 20;
 
 /// What the registry knows about one name.
 #[derive(Clone, Default)]
@@ -33,6 +39,8 @@ pub struct Entry {
     pub building: Option<Arc<Slot>>,
     /// Why the file's current content could not be loaded.
     pub file_error: Option<String>,
+    /// The file's new content, while the compiler thread compiles it.
+    pub compiling: Option<VersionHash>,
 }
 
 /// The projection set at one moment: replaced whole by each change, never changed in place.
@@ -87,10 +95,15 @@ impl Registry {
 
 impl Entry {
     pub fn status(&self, name: &str, head: Position) -> Status {
+        let compiling = self.compiling.map(|h| h.to_string());
         let Some(serving) = &self.serving else {
             return Status {
                 name: name.to_owned(),
-                state: State::Invalid,
+                state: if self.compiling.is_some() {
+                    State::Compiling
+                } else {
+                    State::Invalid
+                },
                 version: None,
                 position: 0,
                 head,
@@ -101,6 +114,7 @@ impl Entry {
                 load_error: self.file_error.clone(),
                 skipped: Vec::new(),
                 rebuild: None,
+                compiling,
             };
         };
         let rebuild = self.building.as_ref().map(|b| b.rebuild_status(head));
@@ -123,6 +137,7 @@ impl Entry {
             load_error: self.file_error.clone(),
             skipped: state.skipped.clone(),
             rebuild,
+            compiling,
         }
     }
 }
@@ -159,25 +174,32 @@ impl Shared {
             .registry
             .catalog()
             .values()
-            .flat_map(|e| e.serving.iter().chain(&e.building))
-            .map(|slot| slot.code.hash())
+            .flat_map(|e| {
+                let running = e.serving.iter().chain(&e.building);
+                running.map(|slot| slot.code.hash()).chain(e.compiling)
+            })
             .collect();
         self.runtime.prune_cache(&keep);
     }
 
     /// Reconciles one name with its file as it is now: added, replaced, unchanged, removed,
-    /// or unreadable. Blocking: it may compile.
+    /// or unreadable. Blocking, but it does not compile: new content that is not in the
+    /// compile cache goes to the compiler thread and is run when compiled.
     pub(super) fn deploy(&self, name: &str) {
         let deploying = self.registry.deploying.lock();
+        self.deploy_locked(&deploying, name);
+    }
+
+    fn deploy_locked(&self, deploying: &MutexGuard<'_, ()>, name: &str) {
         let path = self.folder.join(format!("{name}.wasm"));
         let bytes = match std::fs::read(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return self.remove(&deploying, name);
+                return self.remove(deploying, name);
             }
             Err(e) => {
                 let reason = format!("reading {name}.wasm: {}", e.kind());
-                return self.file_error(&deploying, name, reason);
+                return self.file_error(deploying, name, reason);
             }
         };
         let hash = VersionHash::of(&bytes);
@@ -190,14 +212,15 @@ impl Shared {
         let version = |slot: &Option<Arc<Slot>>| slot.as_ref().map(|s| s.code.hash());
         if version(&entry.building) == Some(hash) {
             // Already building this content (a change seen twice, or a requested rebuild).
-            return self.clear_file_error(&deploying, name);
+            return self.clear_file_error(deploying, name);
         }
         if version(&entry.serving) == Some(hash) {
-            // Unchanged, or changed back while other content was building.
+            // Unchanged, or changed back while other content was building or compiling.
             let mut dropped = None;
-            self.registry.publish(&deploying, |catalog| {
+            self.registry.publish(deploying, |catalog| {
                 if let Some(entry) = catalog.get_mut(name) {
                     entry.file_error = None;
+                    entry.compiling = None;
                     dropped = entry.building.take();
                 }
             });
@@ -206,8 +229,84 @@ impl Shared {
             }
             return;
         }
-        // A failure is in the status as the file's error.
-        let _ = self.start_version(&deploying, name, &bytes, hash, entry.serving.is_some());
+        match self.runtime.cached(hash) {
+            // A failure is in the status as the file's error.
+            Some(compiled) => {
+                let _ =
+                    self.start_version(deploying, name, &compiled, hash, entry.serving.is_some());
+            }
+            None if entry.compiling == Some(hash) => {}
+            // A small component compiles in well under a second: here, so it runs at once.
+            None if bytes.len() <= COMPILE_HERE_BYTES => match self.runtime.compile(hash, &bytes) {
+                Ok(compiled) => {
+                    let beside = entry.serving.is_some();
+                    let _ = self.start_version(deploying, name, &compiled, hash, beside);
+                }
+                Err(e) => self.file_error(deploying, name, e.to_string()),
+            },
+            None => self.compile_later(deploying, name, bytes, hash),
+        }
+    }
+
+    /// Hands new content to the compiler thread; the name's status says what is compiling
+    /// until [`Shared::compiled`] runs it (or records why it cannot run).
+    fn compile_later(
+        &self,
+        deploying: &MutexGuard<'_, ()>,
+        name: &str,
+        bytes: Vec<u8>,
+        hash: VersionHash,
+    ) {
+        self.registry.publish(deploying, |catalog| {
+            let entry = catalog.entry(name.to_owned()).or_default();
+            entry.compiling = Some(hash);
+            entry.file_error = None;
+        });
+        tracing::info!(projection = name, version = %hash.short(), bytes = bytes.len(), "compiling");
+        let (shared, name) = (self.me.clone(), name.to_owned());
+        self.runtime.compile_later(
+            hash,
+            bytes,
+            Box::new(move |outcome| {
+                if let Some(shared) = shared.upgrade() {
+                    shared.compiled(&name, hash, outcome);
+                }
+            }),
+        );
+    }
+
+    /// A background compile ended (on the compiler thread): runs the version if the file
+    /// still holds it, else reconciles the name with whatever the file holds now.
+    fn compiled(&self, name: &str, hash: VersionHash, outcome: Result<Compiled, LoadError>) {
+        if self.signal.stopping() {
+            return;
+        }
+        let deploying = self.registry.deploying.lock();
+        let mut still_wanted = false;
+        self.registry.publish(&deploying, |catalog| {
+            if let Some(entry) = catalog.get_mut(name)
+                && entry.compiling == Some(hash)
+            {
+                entry.compiling = None;
+                still_wanted = true;
+            }
+        });
+        let path = self.folder.join(format!("{name}.wasm"));
+        let current = std::fs::read(&path).ok().map(|b| VersionHash::of(&b));
+        if !still_wanted || current != Some(hash) {
+            return self.deploy_locked(&deploying, name);
+        }
+        let beside = self
+            .registry
+            .catalog()
+            .get(name)
+            .is_some_and(|e| e.serving.is_some());
+        match outcome {
+            Ok(compiled) => {
+                let _ = self.start_version(&deploying, name, &compiled, hash, beside);
+            }
+            Err(e) => self.file_error(&deploying, name, e.to_string()),
+        }
     }
 
     /// Loads a new version of `name` and runs it: as the serving version if there is none
@@ -217,7 +316,7 @@ impl Shared {
         &self,
         deploying: &MutexGuard<'_, ()>,
         name: &str,
-        bytes: &[u8],
+        compiled: &Compiled,
         hash: VersionHash,
         beside: bool,
     ) -> Result<(), String> {
@@ -230,7 +329,7 @@ impl Shared {
         } else {
             Role::Serving
         };
-        let slot = match self.load(name, bytes, &storage, role) {
+        let slot = match self.load(name, compiled, hash, &storage, role) {
             Ok(slot) => Arc::new(slot),
             Err(reason) => {
                 // A view that was to be resumed stays for the next attempt.
@@ -278,8 +377,18 @@ impl Shared {
         Ok(())
     }
 
-    fn load(&self, name: &str, bytes: &[u8], storage: &str, role: Role) -> Result<Slot, String> {
-        let code = self.runtime.load(name, bytes).map_err(|e| e.to_string())?;
+    fn load(
+        &self,
+        name: &str,
+        compiled: &Compiled,
+        hash: VersionHash,
+        storage: &str,
+        role: Role,
+    ) -> Result<Slot, String> {
+        let code = self
+            .runtime
+            .link(name, hash, compiled)
+            .map_err(|e| e.to_string())?;
         let sources = batch::sources(code.subscription())?;
         let view = self.views.open(name, storage).map_err(|e| e.to_string())?;
         let checkpoint = view.checkpoint().map_err(|e| e.to_string())?;
@@ -415,7 +524,16 @@ impl Shared {
                 "the file changed; rebuilding its new content"
             );
         }
-        self.start_version(&deploying, name, &bytes, hash, true)
+        // The file's content as it is now, compiled here if the watcher has not yet seen it
+        // change (the operator asked, and waits).
+        let compiled = self
+            .runtime
+            .compile(hash, &bytes)
+            .map_err(|e| ControlError::Load {
+                name: name.to_owned(),
+                reason: e.to_string(),
+            })?;
+        self.start_version(&deploying, name, &compiled, hash, true)
             .map_err(|reason| ControlError::Load {
                 name: name.to_owned(),
                 reason,

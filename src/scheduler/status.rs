@@ -22,6 +22,8 @@ pub enum State {
     Paused,
     /// Its file could not be loaded; nothing runs.
     Invalid,
+    /// Its file is being compiled (a large component takes seconds); nothing runs yet.
+    Compiling,
 }
 
 /// Why a projection stopped.
@@ -78,6 +80,8 @@ pub struct Status {
     /// The version rebuilding from position 0 beside this one, swapped in when it reaches the
     /// head.
     pub rebuild: Option<RebuildStatus>,
+    /// SHA-256 of the file's new content while it is compiled, before it runs.
+    pub compiling: Option<String>,
 }
 
 /// Progress of a version rebuilding beside the serving one.

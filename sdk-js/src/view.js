@@ -1,0 +1,158 @@
+// The view as a projection sees it: JSON documents under string keys.
+//
+// A batch's reads and writes go through an overlay. A document read or updated stays parsed
+// for the rest of the batch, and every changed key is encoded and handed to the host once,
+// when the batch ends: a projection that updates the same documents for thousands of events
+// pays for JSON and for host calls per key, not per event.
+
+const encoder = new TextEncoder();
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+
+// What an overlay entry holds.
+const STORED = 0; // `value` is the stored bytes (Uint8Array), or null for no document
+const PARSED = 1; // `value` is the parsed document
+
+/** Where documents live between batches: the host's view in a component, a Map in tests. */
+export class MapBackend {
+  constructor(entries) {
+    /** key -> Uint8Array */
+    this.documents = new Map(entries);
+  }
+  get(key) {
+    return this.documents.get(key);
+  }
+  put(key, value) {
+    this.documents.set(key, value);
+  }
+  delete(key) {
+    this.documents.delete(key);
+  }
+}
+
+export class View {
+  /** `backend` has `get(key) -> Uint8Array | undefined`, `put(key, bytes)`, `delete(key)`. */
+  constructor(backend) {
+    this._backend = backend;
+    /** key -> { kind, value, changed } */
+    this._overlay = new Map();
+  }
+
+  /**
+   * The document under `key`, or `undefined`. The object is the view's own for this batch:
+   * change it through `update`, or replace it with `put`, so the change is written.
+   */
+  get(key) {
+    const entry = this._entry(key);
+    return parsed(entry, key) ? entry.value : undefined;
+  }
+
+  /** Whether a document is stored under `key`. */
+  has(key) {
+    const entry = this._entry(key);
+    return entry.kind === PARSED || entry.value !== null;
+  }
+
+  /** Stores `doc` (any JSON value) under `key`. */
+  put(key, doc) {
+    if (doc === undefined) throw new TypeError(`put(${JSON.stringify(key)}): the document is undefined; use delete to remove one`);
+    const entry = this._overlay.get(key);
+    if (entry === undefined) {
+      this._overlay.set(key, { kind: PARSED, value: doc, changed: true });
+    } else {
+      entry.kind = PARSED;
+      entry.value = doc;
+      entry.changed = true;
+    }
+  }
+
+  /**
+   * Changes the document under `key` in place, starting from `init()` (by default `{}`) when
+   * there is none, and stores it. Returns what `change` returns.
+   */
+  update(key, change, init) {
+    return change(this.edit(key, init));
+  }
+
+  /**
+   * The document under `key` (or `init()`, by default `{}`, when there is none) to change in
+   * place: it is written when the batch ends. The cheapest way to change a document (no
+   * callback), and what `update` does around its callback.
+   */
+  edit(key, init) {
+    let entry = this._overlay.get(key);
+    if (entry === undefined) {
+      entry = { kind: STORED, value: this._backend.get(key) ?? null, changed: false };
+      this._overlay.set(key, entry);
+    }
+    if (entry.kind !== PARSED && !parsed(entry, key)) {
+      entry.kind = PARSED;
+      entry.value = init === undefined ? {} : init();
+    }
+    entry.changed = true;
+    return entry.value;
+  }
+
+  /** Like `update`, but only when a document exists; returns `undefined` otherwise. */
+  updateExisting(key, change) {
+    const entry = this._entry(key);
+    if (!parsed(entry, key)) return undefined;
+    entry.changed = true;
+    return change(entry.value);
+  }
+
+  /** Removes the document under `key`, if any. */
+  delete(key) {
+    this._overlay.set(key, { kind: STORED, value: null, changed: true });
+  }
+
+  /** The stored bytes under `key`, or `undefined`. */
+  getBytes(key) {
+    const entry = this._entry(key);
+    if (entry.kind === PARSED) return encoder.encode(JSON.stringify(entry.value));
+    return entry.value ?? undefined;
+  }
+
+  /** Stores raw bytes under `key`. */
+  putBytes(key, bytes) {
+    this._overlay.set(key, { kind: STORED, value: bytes, changed: true });
+  }
+
+  /** Writes every document changed in this batch to the backend; the SDK calls it. */
+  flush() {
+    for (const [key, entry] of this._overlay) {
+      if (!entry.changed) continue;
+      if (entry.kind === PARSED) {
+        const text = JSON.stringify(entry.value);
+        if (text === undefined) throw new TypeError(`the document under ${JSON.stringify(key)} is not JSON`);
+        this._backend.put(key, encoder.encode(text));
+      } else if (entry.value === null) {
+        this._backend.delete(key);
+      } else {
+        this._backend.put(key, entry.value);
+      }
+    }
+    this._overlay.clear();
+  }
+
+  _entry(key) {
+    let entry = this._overlay.get(key);
+    if (entry === undefined) {
+      entry = { kind: STORED, value: this._backend.get(key) ?? null, changed: false };
+      this._overlay.set(key, entry);
+    }
+    return entry;
+  }
+}
+
+/** Parses a stored entry in place; whether it holds a document. */
+function parsed(entry, key) {
+  if (entry.kind === PARSED) return true;
+  if (entry.value === null) return false;
+  try {
+    entry.value = JSON.parse(utf8.decode(entry.value));
+  } catch (e) {
+    throw new Error(`document ${JSON.stringify(key)} is not JSON: ${e.message}`);
+  }
+  entry.kind = PARSED;
+  return true;
+}

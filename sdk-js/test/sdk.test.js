@@ -1,0 +1,143 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+
+import {
+  decodeBatch,
+  defineProjection,
+  encodeEvent,
+  joinFrames,
+  FrameError,
+  MapBackend,
+  Subscription,
+  View,
+} from '../src/index.js';
+import { Harness } from '../src/harness.js';
+
+const id = Uint8Array.from([0x01, 0x93, 0xa0, 0xc4, 0x5f, 0x3e, 0x70, 0, 0x80, 0, 0, 0, 0, 0, 0, 0x2a]);
+
+test('frames decode to the events they encode', () => {
+  const batch = joinFrames([
+    encodeEvent({ position: 2 ** 40 + 7, revision: 3, recordedAt: 1_700_000_000_000_000, id, stream: 'order-1', type: 'Placed', data: '{"a":"é"}', metadata: '{"m":1}' }),
+    encodeEvent({ position: 8, revision: 0, recordedAt: 0, id, stream: 'x', type: 'T', data: '[]' }),
+  ]);
+  const [a, b] = decodeBatch(batch);
+  assert.equal(a.position, 2 ** 40 + 7);
+  assert.equal(a.revision, 3);
+  assert.equal(a.recordedAt, 1_700_000_000_000_000);
+  assert.equal(a.id, '0193a0c4-5f3e-7000-8000-00000000002a');
+  assert.equal(a.stream, 'order-1');
+  assert.equal(a.category, 'order');
+  assert.deepEqual(a.data, { a: 'é' });
+  assert.deepEqual(a.metadata, { m: 1 });
+  assert.equal(b.category, null);
+  assert.equal(b.metadata, null);
+  assert.deepEqual(b.data, []);
+});
+
+test('a malformed batch is refused, not misread', () => {
+  const frame = encodeEvent({ position: 1, revision: 0, recordedAt: 0, id, stream: 's', type: 't', data: '{}' });
+  assert.throws(() => decodeBatch(frame.subarray(0, frame.length - 1)), FrameError);
+  assert.throws(() => decodeBatch(frame.subarray(0, 2)), FrameError);
+});
+
+test('subscriptions select by source and type', () => {
+  const all = Subscription.all();
+  assert.ok(all.matches('order-1', 'X') && all.matches('x', 'Y'));
+  const orders = Subscription.categories(['order']).ofTypes(['OrderPlaced']);
+  assert.ok(orders.matches('order-1', 'OrderPlaced'));
+  assert.ok(!orders.matches('order-1', 'ItemAdded'));
+  assert.ok(!orders.matches('user-1', 'OrderPlaced'));
+  assert.ok(!orders.matches('order', 'OrderPlaced'), 'no category without a dash');
+  const mixed = new Subscription(['user-1'], ['order']);
+  assert.ok(mixed.matches('user-1', 'A') && mixed.matches('order-9', 'B'));
+  assert.ok(!mixed.matches('user-2', 'A'));
+});
+
+class Counting extends MapBackend {
+  constructor() {
+    super();
+    this.calls = 0;
+  }
+  get(key) {
+    this.calls++;
+    return super.get(key);
+  }
+  put(key, value) {
+    this.calls++;
+    super.put(key, value);
+  }
+  delete(key) {
+    this.calls++;
+    super.delete(key);
+  }
+}
+
+test('a key updated a thousand times in a batch is read once and written once', () => {
+  const backend = new Counting();
+  const view = new View(backend);
+  for (let i = 0; i < 1000; i++) view.update('c', (c) => (c.n = (c.n ?? 0) + 1));
+  view.flush();
+  assert.equal(new TextDecoder().decode(backend.get('c')), '{"n":1000}');
+  assert.equal(backend.calls, 3, 'one get, one put (and the read above)');
+});
+
+test('reads see earlier writes and deletes of the same batch', () => {
+  const backend = new MapBackend([['a', new TextEncoder().encode('{"n":1}')]]);
+  const view = new View(backend);
+  assert.deepEqual(view.get('a'), { n: 1 });
+  view.delete('a');
+  assert.equal(view.get('a'), undefined);
+  assert.equal(view.has('a'), false);
+  view.putBytes('b', new TextEncoder().encode('{"n":5}'));
+  assert.equal(view.updateExisting('b', (c) => c.n), 5);
+  assert.equal(view.updateExisting('z', (c) => c.n), undefined);
+  view.flush();
+  assert.equal(backend.get('a'), undefined);
+  assert.equal(new TextDecoder().decode(backend.get('b')), '{"n":5}');
+  assert.equal(backend.get('z'), undefined);
+});
+
+test('a document that is not JSON is reported with its key', () => {
+  const view = new View(new MapBackend([['bad', new TextEncoder().encode('nope')]]));
+  assert.throws(() => view.get('bad'), /document "bad" is not JSON/);
+  assert.throws(() => view.put('k', undefined), /use delete/);
+});
+
+const counter = defineProjection({
+  subscription: Subscription.categories(['order']),
+  apply(view, event) {
+    if (event.type === 'Bad') throw new Error('no bad events');
+    view.update(event.stream, (c) => {
+      c.events = (c.events ?? 0) + 1;
+      c.random = Math.random();
+    });
+  },
+});
+
+test('the harness applies only subscribed events and names a refused one', () => {
+  const run = new Harness(counter);
+  run.append('order-1', 'OrderPlaced', {});
+  run.append('user-1', 'Registered', {});
+  assert.equal(run.document('order-1').events, 1);
+  assert.equal(run.document('user-1'), undefined);
+  assert.throws(() => run.append('order-1', 'Bad', {}), /Bad event at position 3 \(stream order-1\): no bad events/);
+  assert.equal(run.document('order-1').events, 1, 'the refused batch wrote nothing');
+});
+
+test('batch size changes nothing, Math.random included', () => {
+  const whole = new Harness(counter);
+  const pieces = new Harness(counter);
+  for (let n = 0; n < 50; n++) {
+    whole.record(`order-${n % 7}`, 'E', { n });
+    pieces.record(`order-${n % 7}`, 'E', { n });
+  }
+  whole.catchUp();
+  pieces.catchUp(3);
+  assert.deepEqual(whole.documents(), pieces.documents());
+  assert.notEqual(whole.document('order-1').random, whole.document('order-2').random);
+});
+
+test('defineProjection refuses what is not a projection', () => {
+  assert.throws(() => defineProjection({}), /apply/);
+  assert.throws(() => defineProjection({ subscription: { streams: [] }, apply() {} }), /Subscription/);
+});

@@ -1,0 +1,141 @@
+"""The view as a projection sees it: JSON documents under string keys.
+
+A batch's reads and writes go through an overlay. A document read or updated stays parsed
+for the rest of the batch, and every changed key is encoded and handed to the host once, when
+the batch ends: a projection that updates the same documents for thousands of events pays for
+JSON and for host calls per key, not per event.
+"""
+
+import json
+
+# What an overlay entry holds: [kind, value, changed]
+_STORED = 0  # value: the stored bytes, or None for no document
+_PARSED = 1  # value: the parsed document
+
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+def encode(doc):
+    """A document as the view stores it: compact JSON, UTF-8, keys in insertion order."""
+    return _encode(doc).encode()
+
+
+class MapBackend:
+    """Documents in a dict: the native harness's view."""
+
+    def __init__(self, documents=None):
+        self.documents = dict(documents or {})
+
+    def get(self, key):
+        return self.documents.get(key)
+
+    def put(self, key, value):
+        self.documents[key] = bytes(value)
+
+    def delete(self, key):
+        self.documents.pop(key, None)
+
+
+class View:
+    """The projection's documents for one batch."""
+
+    __slots__ = ("_backend", "_overlay")
+
+    def __init__(self, backend):
+        self._backend = backend
+        self._overlay = {}
+
+    def get(self, key, default=None):
+        """The document under ``key``, or ``default``. The object is the view's own for this
+        batch: change it through ``update``, or replace it with ``put``, so the change is
+        written."""
+        entry = self._entry(key)
+        return entry[1] if _parsed(entry, key) else default
+
+    def __contains__(self, key):
+        entry = self._entry(key)
+        return entry[0] == _PARSED or entry[1] is not None
+
+    def put(self, key, doc):
+        """Stores ``doc`` (any JSON value) under ``key``."""
+        entry = self._overlay.get(key)
+        if entry is None:
+            self._overlay[key] = [_PARSED, doc, True]
+        else:
+            entry[0] = _PARSED
+            entry[1] = doc
+            entry[2] = True
+
+    def edit(self, key, default=dict):
+        """The document under ``key`` (or ``default()`` when there is none) to change in place:
+        it is written when the batch ends. The cheapest way to change a document (no
+        callback), and what ``update`` does around its callback."""
+        entry = self._overlay.get(key)
+        if entry is None:
+            entry = self._overlay[key] = [_STORED, self._backend.get(key), True]
+        else:
+            entry[2] = True
+        if entry[0] != _PARSED and not _parsed(entry, key):
+            entry[0] = _PARSED
+            entry[1] = default()
+        return entry[1]
+
+    def update(self, key, change, default=dict):
+        """Changes the document under ``key`` in place, starting from ``default()`` when there
+        is none, and stores it. Returns what ``change`` returns."""
+        return change(self.edit(key, default))
+
+    def update_existing(self, key, change):
+        """Like ``update``, but only when a document exists; ``None`` otherwise."""
+        entry = self._entry(key)
+        if not _parsed(entry, key):
+            return None
+        entry[2] = True
+        return change(entry[1])
+
+    def delete(self, key):
+        """Removes the document under ``key``, if any."""
+        self._overlay[key] = [_STORED, None, True]
+
+    def get_bytes(self, key):
+        """The stored bytes under ``key``, or ``None``."""
+        entry = self._entry(key)
+        return encode(entry[1]) if entry[0] == _PARSED else entry[1]
+
+    def put_bytes(self, key, value):
+        """Stores raw bytes under ``key``."""
+        self._overlay[key] = [_STORED, bytes(value), True]
+
+    def flush(self):
+        """Writes every document changed in this batch to the backend; the SDK calls it."""
+        backend = self._backend
+        for key, (kind, value, changed) in self._overlay.items():
+            if not changed:
+                continue
+            if kind == _PARSED:
+                backend.put(key, encode(value))
+            elif value is None:
+                backend.delete(key)
+            else:
+                backend.put(key, value)
+        self._overlay.clear()
+
+    def _entry(self, key):
+        entry = self._overlay.get(key)
+        if entry is None:
+            entry = self._overlay[key] = [_STORED, self._backend.get(key), False]
+        return entry
+
+
+def _parsed(entry, key):
+    """Parses a stored entry in place; whether it holds a document."""
+    if entry[0] == _PARSED:
+        return True
+    if entry[1] is None:
+        return False
+    try:
+        entry[1] = json.loads(entry[1])
+    except ValueError as e:
+        raise ValueError(f"document {key!r} is not JSON: {e}") from None
+    entry[0] = _PARSED
+    return True
