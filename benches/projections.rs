@@ -3,8 +3,13 @@
 //! `cargo bench --bench projections` builds a 1,000,000-event log of the example shop in
 //! `target/tmp`, then measures:
 //! - replay: `stream-stats` and `order-summary` run from position 0 to the head through wasm,
-//!   in-process (real log, real view files, the server's scheduler), against the same logic
-//!   compiled natively and run by the SDK harness over the same events;
+//!   in-process (real log, real view files, the server's scheduler), written in Rust, in
+//!   JavaScript and in Python (when their tools are installed), against the Rust logic compiled
+//!   natively and run by the SDK harness over the same events; with each one's ratio to the
+//!   Rust component of the same run;
+//! - loading the JavaScript and Python `order-summary`: a compile from nothing, then a load
+//!   from the compile cache (what a restart pays), and a cold drop over HTTP to the first
+//!   answered query;
 //! - view GETs by key over HTTP against the release server, with latency percentiles.
 //!
 //! `BENCH_RUNS` (default 3) sets the runs per figure, `BENCH_EVENTS` the log's size, and
@@ -18,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use order_summary::OrderSummaryProjection;
 use projector::log::Log;
-use projector::runtime::{Limits, Runtime};
+use projector::runtime::{Limits, Runtime, VersionHash};
 use projector::scheduler::{DEFAULT_BATCH, Projections, SchedulerConfig};
 use projector_sdk::Projection;
 use projector_sdk::harness::Harness;
@@ -48,8 +53,11 @@ fn replay(log_dir: &Path, wasm: &[u8], tokio: &tokio::runtime::Runtime) -> f64 {
         change_retention: projector::views::feed::DEFAULT_RETENTION,
     };
     let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-cache");
-    let start = Instant::now();
     let runtime = Arc::new(Runtime::new(&cache, Limits::default()).unwrap());
+    // Compiled before the clock starts (a JavaScript or Python component takes seconds): the
+    // figure is the replay's.
+    runtime.compile(VersionHash::of(wasm), wasm).unwrap();
+    let start = Instant::now();
     let projections = Projections::start(config, runtime, &log, tokio.handle().clone()).unwrap();
     let loaded = start.elapsed();
     assert!(tokio.block_on(projections.wait_for("p", head, Duration::from_secs(600))));
@@ -132,21 +140,39 @@ fn main() {
     );
 
     let mut rows: Vec<(String, String)> = Vec::new();
+    let mut ratios: Vec<String> = Vec::new();
     let mut report = |name: &str, samples: Vec<f64>| {
         let m = median(samples.clone());
         eprintln!("{name}: median {m:.0} of {samples:.0?}");
         rows.push((name.to_owned(), format!("{m:.0}")));
         m
     };
-    for (name, wasm) in [
-        ("stream-stats", "stream_stats"),
-        ("order-summary", "order_summary"),
+    for (name, components) in [
+        (
+            "stream-stats",
+            ["stream_stats", "stream-stats-js", "stream-stats-py"],
+        ),
+        (
+            "order-summary",
+            ["order_summary", "order-summary-js", "order-summary-py"],
+        ),
     ] {
-        let title = format!("replay {name} through wasm, events/s");
-        if selected(&title) {
-            let wasm = guest(wasm);
+        let mut rust = None;
+        for (language, wasm) in ["Rust", "JavaScript", "Python"].into_iter().zip(components) {
+            let title = format!("replay {name} through wasm ({language}), events/s");
+            if !selected(&title) {
+                continue;
+            }
+            let Some(wasm) = optional_guest(wasm) else {
+                continue;
+            };
             let samples = (0..runs).map(|_| replay(&log_dir, &wasm, &tokio)).collect();
-            report(&title, samples);
+            let rate = report(&title, samples);
+            match rust {
+                None if language == "Rust" => rust = Some(rate),
+                Some(rust) => ratios.push(format!("{name} {language} / Rust: {:.2}", rate / rust)),
+                None => {}
+            }
         }
     }
     let title = "stream-stats natively (SDK harness), events/s";
@@ -164,8 +190,26 @@ fn main() {
         report(title, samples);
     }
 
+    let title = "load order-summary (JavaScript, Python): compile, then from the cache, s";
+    if selected(title) {
+        for wasm in ["order-summary-js", "order-summary-py"] {
+            let Some(wasm_bytes) = optional_guest(wasm) else {
+                continue;
+            };
+            let (cold, cached) = load_times(&wasm_bytes);
+            eprintln!("load {wasm}: compile {cold:.2?}, from the cache {cached:.3?}");
+            rows.push((
+                format!("load {wasm}: compile / from the cache, s"),
+                format!("{:.2} / {:.3}", cold.as_secs_f64(), cached.as_secs_f64()),
+            ));
+        }
+    }
+    for ratio in &ratios {
+        eprintln!("ratio in this run: {ratio}");
+    }
+
     // View GETs: the release server over the same log, order-summary caught up.
-    if !selected("view GET by key") {
+    if !selected("view GET by key") && !selected("cold drop") {
         print_table(rows);
         return;
     }
@@ -182,6 +226,17 @@ fn main() {
     tokio.block_on(async {
         let url = format!("{}/projections/order-summary/view/order/0?wait_for={}&timeout_ms=30000", server.base, events.len());
         while client.get(&url).send().await.unwrap().status() != 200 {}
+        for wasm in ["order-summary-js", "order-summary-py"] {
+            let title = format!("cold drop of {wasm} (PUT) to its first answered query, s");
+            if let Some(bytes) = optional_guest(wasm).filter(|_| selected(&title)) {
+                let took = cold_drop(&client, &server.base, wasm, bytes).await;
+                eprintln!("{title}: {took:.2?}");
+                rows.push((title, format!("{:.1}", took.as_secs_f64())));
+            }
+        }
+        if !selected("view GET by key") {
+            return;
+        }
         for clients in [1, 16, 64] {
             let mut rates = Vec::new();
             let mut p99s = Vec::new();
@@ -202,6 +257,53 @@ fn main() {
     });
 
     print_table(rows);
+}
+
+/// A JavaScript or Python guest, if the build built it (its tools are installed).
+fn optional_guest(name: &str) -> Option<Vec<u8>> {
+    let path = Path::new(env!("PROJECTOR_GUESTS_DIR")).join(format!("{name}.wasm"));
+    let bytes = std::fs::read(&path).ok();
+    if bytes.is_none() {
+        eprintln!(
+            "skipping {name}: {} was not built (npm ci, scripts/setup-python)",
+            path.display()
+        );
+    }
+    bytes
+}
+
+/// How long a component takes to load from nothing (compiled), then from the compile cache.
+fn load_times(wasm: &[u8]) -> (Duration, Duration) {
+    let cache = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let start = Instant::now();
+    Runtime::new(cache.path(), Limits::default())
+        .unwrap()
+        .load("p", wasm)
+        .unwrap();
+    let cold = start.elapsed();
+    let start = Instant::now();
+    Runtime::new(cache.path(), Limits::default())
+        .unwrap()
+        .load("p", wasm)
+        .unwrap();
+    (cold, start.elapsed())
+}
+
+/// PUTs a projection into a running server and times it until its first document is served.
+async fn cold_drop(client: &reqwest::Client, base: &str, name: &str, wasm: Vec<u8>) -> Duration {
+    let start = Instant::now();
+    let put = client
+        .put(format!("{base}/projections/{name}"))
+        .body(wasm)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 202);
+    let url = format!("{base}/projections/{name}/view/order/0");
+    while client.get(&url).send().await.unwrap().status() != 200 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    start.elapsed()
 }
 
 fn print_table(rows: Vec<(String, String)>) {

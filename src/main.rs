@@ -224,8 +224,9 @@ enum Command {
         #[arg(long)]
         sdk: Option<PathBuf>,
     },
-    /// Build a projection crate to a component (`cargo build --release --target
-    /// wasm32-wasip2`) and print the `.wasm`'s path.
+    /// Build a projection to a component and print the `.wasm`'s path: a Rust crate (`cargo
+    /// build --release --target wasm32-wasip2`), or a JavaScript or Python projection
+    /// (`scripts/build-projection`, into `DIR/target/`).
     Build {
         #[arg(default_value = ".")]
         dir: PathBuf,

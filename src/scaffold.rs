@@ -21,10 +21,15 @@ pub enum ScaffoldError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("running cargo: {0}")]
+    #[error("running the build: {0}")]
     Cargo(std::io::Error),
-    #[error("cargo build failed ({0})")]
+    #[error("the build failed ({0})")]
     BuildFailed(std::process::ExitStatus),
+    #[error(
+        "{0} is not a projection: a Rust crate (Cargo.toml), a JavaScript one (package.json or \
+         a .js file) or a Python one (pyproject.toml or a .py file)"
+    )]
+    NotAProjection(PathBuf),
     #[error("{0} has no Cargo.toml with a package name")]
     NotACrate(PathBuf),
     #[error("the build made no {0}")]
@@ -163,9 +168,49 @@ mod tests {
 }
 "#;
 
-/// Builds the crate in `dir` to a component with cargo, adding the target first when rustup
-/// lacks it; returns the `.wasm`.
+/// Builds a projection to a component and returns the `.wasm`: a Rust crate with cargo, a
+/// JavaScript (`package.json`, `.js`) or Python (`pyproject.toml`, `.py`) one with
+/// `scripts/build-projection` of the source tree this binary was built from, into
+/// `<dir>/target/<name>.wasm`.
 pub fn build(dir: &Path) -> Result<PathBuf, ScaffoldError> {
+    if dir.join("Cargo.toml").is_file() {
+        return build_crate(dir);
+    }
+    let polyglot = dir.join("package.json").is_file()
+        || dir.join("pyproject.toml").is_file()
+        || (dir.is_file() && dir.extension().is_some_and(|e| e == "js" || e == "py"));
+    if !polyglot {
+        return Err(ScaffoldError::NotAProjection(dir.to_owned()));
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-projection");
+    if !script.is_file() {
+        return Err(ScaffoldError::NoSdk);
+    }
+    let (folder, name) = match (dir.is_dir(), dir.file_stem().and_then(|s| s.to_str())) {
+        (true, Some(name)) => (dir.to_owned(), name.to_owned()),
+        (false, Some(name)) => (
+            dir.parent().unwrap_or(Path::new(".")).to_owned(),
+            name.to_owned(),
+        ),
+        (_, None) => return Err(ScaffoldError::NotAProjection(dir.to_owned())),
+    };
+    let out = folder.join("target").join(format!("{name}.wasm"));
+    let target = folder.join("target");
+    std::fs::create_dir_all(&target).map_err(io(&target))?;
+    let status = Command::new("bash")
+        .arg(&script)
+        .arg(dir)
+        .arg(&out)
+        .status()
+        .map_err(ScaffoldError::Cargo)?;
+    if !status.success() {
+        return Err(ScaffoldError::BuildFailed(status));
+    }
+    Ok(out)
+}
+
+/// Builds the crate in `dir` with cargo, adding the target first when rustup lacks it.
+fn build_crate(dir: &Path) -> Result<PathBuf, ScaffoldError> {
     let manifest = dir.join("Cargo.toml");
     let text = std::fs::read_to_string(&manifest).map_err(io(&manifest))?;
     let package = package_name(&text).ok_or_else(|| ScaffoldError::NotACrate(dir.to_owned()))?;

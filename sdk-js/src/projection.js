@@ -52,7 +52,8 @@ export function applyBatch(projection, view, batch) {
 
 /** A thrown value as a readable reason. */
 export function describe(thrown) {
-  if (thrown instanceof Error) return thrown.message || thrown.name;
+  if (thrown instanceof ProjectionError) return thrown.message;
+  if (thrown instanceof Error) return thrown.message ? `${thrown.name}: ${thrown.message}` : thrown.name;
   if (typeof thrown === 'string') return thrown;
   try {
     return JSON.stringify(thrown) ?? String(thrown);

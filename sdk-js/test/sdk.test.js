@@ -120,7 +120,7 @@ test('the harness applies only subscribed events and names a refused one', () =>
   run.append('user-1', 'Registered', {});
   assert.equal(run.document('order-1').events, 1);
   assert.equal(run.document('user-1'), undefined);
-  assert.throws(() => run.append('order-1', 'Bad', {}), /Bad event at position 3 \(stream order-1\): no bad events/);
+  assert.throws(() => run.append('order-1', 'Bad', {}), /Bad event at position 3 \(stream order-1\): Error: no bad events/);
   assert.equal(run.document('order-1').events, 1, 'the refused batch wrote nothing');
 });
 

@@ -16,6 +16,7 @@ mod hostile_clients;
 mod kill_loop;
 mod live;
 mod operator;
+mod polyglot;
 mod projections;
 mod scaffold;
 mod streams;
