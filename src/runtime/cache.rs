@@ -1,13 +1,23 @@
-//! Compiling components, and the on-disk cache of compiled ones: `<cache>/<sha256 of the
-//! .wasm>-<engine compatibility hash>.cwasm`, written aside and renamed into place. A restart,
-//! or another account deploying the same file, maps the compiled form instead of compiling
-//! again (a JavaScript or Python component takes seconds to compile, milliseconds to map).
+//! Compiling components, and two on-disk caches:
+//!
+//! - compiled components: `<cache>/<sha256 of the .wasm>-<engine compatibility hash>.cwasm`,
+//!   written aside and renamed into place. A restart, or another account deploying the same
+//!   file, maps the compiled form instead of compiling again (a JavaScript or Python component
+//!   takes seconds to compile, milliseconds to map);
+//! - compiled functions ([`FunctionCache`], Cranelift's incremental cache): every JavaScript
+//!   component carries the same engine and every Python one the same interpreter, with the
+//!   projection itself in their data, so a new projection or a new version of one compiles
+//!   only the functions not seen before.
 
+use std::borrow::Cow;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use wasmtime::Engine;
+use parking_lot::Mutex;
+use redb::{ReadableDatabase, TableDefinition};
 use wasmtime::component::Component;
+use wasmtime::{CacheStore, Engine};
 
 use super::{Compiled, LoadError, VersionHash};
 
@@ -16,13 +26,16 @@ use super::{Compiled, LoadError, VersionHash};
 pub(super) struct Cache {
     engine: Engine,
     dir: PathBuf,
+    /// The engine's incremental cache, if it could be opened; flushed after each compile.
+    functions: Option<Arc<FunctionCache>>,
 }
 
 impl Cache {
-    pub fn new(engine: Engine, dir: &Path) -> Self {
+    pub fn new(engine: Engine, dir: &Path, functions: Option<Arc<FunctionCache>>) -> Self {
         Cache {
             engine,
             dir: dir.to_owned(),
+            functions,
         }
     }
 
@@ -49,10 +62,11 @@ impl Cache {
             return Ok(component);
         }
         let started = std::time::Instant::now();
-        let compiled = self
-            .engine
-            .precompile_component(bytes)
-            .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let compiled = self.engine.precompile_component(bytes);
+        if let Some(functions) = &self.functions {
+            functions.flush();
+        }
+        let compiled = compiled.map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
         tracing::info!(
             version = %hash.short(), bytes = bytes.len(),
             seconds = started.elapsed().as_secs_f64(), "component compiled"
@@ -114,4 +128,102 @@ fn write(path: &Path, compiled: &[u8]) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&partial);
     }
     written
+}
+
+const FUNCTIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("functions");
+
+/// Cranelift's incremental compilation cache on disk (`<cache>/functions.redb`): a compiled
+/// function by the hash of its input (Cranelift's key, which covers the target and the
+/// compiler's version). Lookups read the file from the compile's threads; what a compile adds
+/// is written in chunks as it goes (so that a 12 MB component's new functions are not all held
+/// in memory) and made durable when the compile ends ([`Cache::compile`]). It is only a cache:
+/// a failure to read or write it costs a compile, nothing else.
+pub struct FunctionCache {
+    db: redb::Database,
+    /// Entries not written yet. Guards only the list: the writer takes it whole and writes
+    /// with the lock released.
+    pending: Mutex<Pending>,
+}
+
+#[derive(Default)]
+struct Pending {
+    entries: Vec<(Vec<u8>, Vec<u8>)>,
+    bytes: usize,
+    /// Chunks were written without a sync since the last durable write.
+    unsynced: bool,
+}
+
+/// Entries written in one (unsynced) transaction once they add up to this much.
+const CHUNK_BYTES: usize = 16 << 20;
+
+impl FunctionCache {
+    pub fn open(dir: &Path) -> Result<Self, redb::DatabaseError> {
+        Ok(FunctionCache {
+            db: redb::Database::create(dir.join("functions.redb"))?,
+            pending: Mutex::new(Pending::default()),
+        })
+    }
+
+    /// Writes what is pending and makes every earlier chunk durable: at the end of a compile.
+    fn flush(&self) {
+        let entries = {
+            let mut pending = self.pending.lock();
+            if pending.entries.is_empty() && !pending.unsynced {
+                return;
+            }
+            pending.unsynced = false;
+            pending.bytes = 0;
+            std::mem::take(&mut pending.entries)
+        };
+        self.write(&entries, redb::Durability::Immediate);
+    }
+
+    fn write(&self, entries: &[(Vec<u8>, Vec<u8>)], durability: redb::Durability) {
+        let written = (|| -> Result<(), redb::Error> {
+            let mut txn = self.db.begin_write()?;
+            txn.set_durability(durability)?;
+            {
+                let mut table = txn.open_table(FUNCTIONS)?;
+                for (key, value) in entries {
+                    table.insert(key.as_slice(), value.as_slice())?;
+                }
+            }
+            txn.commit()?;
+            Ok(())
+        })();
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "compiled functions are not cached");
+        }
+    }
+}
+
+impl CacheStore for FunctionCache {
+    fn get(&self, key: &[u8]) -> Option<Cow<'_, [u8]>> {
+        let txn = self.db.begin_read().ok()?;
+        let table = txn.open_table(FUNCTIONS).ok()?;
+        let value = table.get(key).ok()??;
+        Some(Cow::Owned(value.value().to_vec()))
+    }
+
+    fn insert(&self, key: &[u8], value: Vec<u8>) -> bool {
+        let chunk = {
+            let mut pending = self.pending.lock();
+            pending.bytes += key.len() + value.len();
+            pending.entries.push((key.to_vec(), value));
+            if pending.bytes < CHUNK_BYTES {
+                return true;
+            }
+            pending.bytes = 0;
+            pending.unsynced = true;
+            std::mem::take(&mut pending.entries)
+        };
+        self.write(&chunk, redb::Durability::None);
+        true
+    }
+}
+
+impl std::fmt::Debug for FunctionCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FunctionCache")
+    }
 }

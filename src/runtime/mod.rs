@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, Store, Trap};
 
-use cache::Cache;
+use cache::{Cache, FunctionCache};
 use guest::{GuestState, bindings};
 
 pub use guest::ViewReader;
@@ -193,10 +193,23 @@ impl Runtime {
             .consume_fuel(true)
             .epoch_interruption(true)
             .cranelift_nan_canonicalization(true);
+        std::fs::create_dir_all(cache_dir).map_err(|e| EngineError(e.to_string()))?;
+        let functions = match FunctionCache::open(cache_dir) {
+            Ok(functions) => {
+                let functions = Arc::new(functions);
+                config
+                    .enable_incremental_compilation(functions.clone())
+                    .map_err(|e| EngineError(e.to_string()))?;
+                Some(functions)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "compiling without the cache of compiled functions");
+                None
+            }
+        };
         let engine = Engine::new(&config).map_err(|e| EngineError(e.to_string()))?;
         let mut linker = Linker::new(&engine);
         guest::add_to_linker(&mut linker).map_err(|e| EngineError(e.to_string()))?;
-        std::fs::create_dir_all(cache_dir).map_err(|e| EngineError(e.to_string()))?;
         let stop = Arc::new(AtomicBool::new(false));
         let ticker = {
             let (engine, stop) = (engine.clone(), stop.clone());
@@ -212,7 +225,7 @@ impl Runtime {
         };
         let (compiler, jobs) = std::sync::mpsc::channel::<CompileJob>();
         let runtime = Runtime {
-            cache: Cache::new(engine, cache_dir),
+            cache: Cache::new(engine, cache_dir, functions),
             linker,
             limits,
             ticker: Some((stop, ticker)),
