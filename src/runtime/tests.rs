@@ -79,8 +79,17 @@ fn the_compiled_component_is_cached_by_content() {
     let (dir, runtime) = runtime(Limits::default());
     runtime.load("a", &guest("stream_stats")).unwrap();
     runtime.load("b", &guest("stream_stats")).unwrap();
-    let cached: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
-    assert_eq!(cached.len(), 1);
+    let mut cached: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    cached.sort();
+    assert_eq!(cached.len(), 2, "{cached:?}");
+    assert!(
+        cached[0].ends_with(".cwasm"),
+        "one compiled component: {cached:?}"
+    );
+    assert_eq!(cached[1], "functions.redb", "and its compiled functions");
 }
 
 #[test]
