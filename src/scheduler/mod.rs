@@ -17,6 +17,7 @@
 
 mod batch;
 mod commits;
+mod deploy;
 mod folder;
 mod queue;
 mod registry;
