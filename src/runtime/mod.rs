@@ -177,11 +177,12 @@ pub struct Runtime {
     cache: Cache,
     limits: Limits,
     ticker: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
-    /// Jobs for the compiler thread ("wasm-compiler"). The thread is owned by the runtime and
-    /// ends when this sender is dropped with it; it is not joined (a compile in flight at
-    /// exit is abandoned, and the job's owner holds only a `Weak` to anything it calls back).
-    /// The lock guards only the send.
-    compiler: parking_lot::Mutex<std::sync::mpsc::Sender<CompileJob>>,
+    /// Jobs for the compiler thread ("wasm-compiler"), which the runtime owns: dropping the
+    /// runtime drops this sender, which ends the thread once its job in hand is done, and
+    /// joins it (so the caches' files are closed when the runtime is gone). A job's callback
+    /// holds only a `Weak` to what it calls back. The lock guards only the send.
+    compiler: parking_lot::Mutex<Option<std::sync::mpsc::Sender<CompileJob>>>,
+    compiler_thread: Option<JoinHandle<()>>,
 }
 
 impl Runtime {
@@ -224,15 +225,9 @@ impl Runtime {
                 .map_err(|e| EngineError(e.to_string()))?
         };
         let (compiler, jobs) = std::sync::mpsc::channel::<CompileJob>();
-        let runtime = Runtime {
-            cache: Cache::new(engine, cache_dir, functions),
-            linker,
-            limits,
-            ticker: Some((stop, ticker)),
-            compiler: parking_lot::Mutex::new(compiler),
-        };
-        let worker = runtime.cache.clone();
-        std::thread::Builder::new()
+        let cache = Cache::new(engine, cache_dir, functions);
+        let worker = cache.clone();
+        let compiler_thread = std::thread::Builder::new()
             .name("wasm-compiler".into())
             .spawn(move || {
                 for job in jobs {
@@ -241,7 +236,14 @@ impl Runtime {
                 }
             })
             .map_err(|e| EngineError(e.to_string()))?;
-        Ok(runtime)
+        Ok(Runtime {
+            cache,
+            linker,
+            limits,
+            ticker: Some((stop, ticker)),
+            compiler: parking_lot::Mutex::new(Some(compiler)),
+            compiler_thread: Some(compiler_thread),
+        })
     }
 
     /// Compiles (or loads from the cache) a projection's component, links it, and asks it for
@@ -295,7 +297,13 @@ impl Runtime {
     /// compiles each one's functions in parallel.
     pub fn compile_later(&self, hash: VersionHash, bytes: Vec<u8>, done: CompileDone) {
         let job = CompileJob { hash, bytes, done };
-        if let Err(std::sync::mpsc::SendError(job)) = self.compiler.lock().send(job) {
+        let sent = match &*self.compiler.lock() {
+            Some(sender) => sender
+                .send(job)
+                .map_err(|std::sync::mpsc::SendError(job)| job),
+            None => Err(job),
+        };
+        if let Err(job) = sent {
             // The thread is gone (it cannot be while `self` lives, unless it panicked).
             (job.done)(self.compile(job.hash, &job.bytes));
         }
@@ -325,6 +333,13 @@ impl Runtime {
 
 impl Drop for Runtime {
     fn drop(&mut self) {
+        drop(self.compiler.lock().take());
+        if let Some(thread) = self.compiler_thread.take() {
+            // The last owner may be a job's callback, on the compiler thread itself.
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
+        }
         if let Some((stop, thread)) = self.ticker.take() {
             stop.store(true, Ordering::Relaxed);
             let _ = thread.join();
