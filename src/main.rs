@@ -213,16 +213,20 @@ enum Command {
         #[command(flatten)]
         remote: RemoteArgs,
     },
-    /// Scaffold a projection crate: a subscription, an `apply`, a native test.
+    /// Scaffold a projection: a subscription, an `apply`, a native test (a Rust crate, or a
+    /// JavaScript or Python folder).
     New {
         name: String,
-        /// Where to create the crate's folder.
+        /// Where to create the projection's folder.
         #[arg(long, default_value = ".")]
         dir: PathBuf,
         /// The `sdk/` folder of a Projector checkout (default: the source tree this binary was
-        /// built from).
+        /// built from); JavaScript and Python use the `sdk-js/` and `sdk-py/` beside it.
         #[arg(long)]
         sdk: Option<PathBuf>,
+        /// The projection's language.
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: scaffold::Language,
     },
     /// Build a projection to a component and print the `.wasm`'s path: a Rust crate (`cargo
     /// build --release --target wasm32-wasip2`), or a JavaScript or Python projection
@@ -547,17 +551,37 @@ async fn run() -> anyhow::Result<()> {
             remote,
         } => remote.remote()?.read(&stream, from, follow).await?,
         Command::Keys { command } => keys(command).await?,
-        Command::New { name, dir, sdk } => {
+        Command::New {
+            name,
+            dir,
+            sdk,
+            lang,
+        } => {
             let sdk = scaffold::sdk_path(sdk.as_deref())?;
-            let root = scaffold::new(&name, &dir, &sdk)?;
-            println!("created {}", root.display());
-            println!("  test:   cd {} && cargo test", root.display());
-            println!("  build:  projector build {}", root.display());
-            println!(
-                "  deploy: projector deploy {}/target/wasm32-wasip2/release/{}.wasm --name {name}",
-                root.display(),
-                name.replace('-', "_")
-            );
+            if lang == scaffold::Language::Rust {
+                let root = scaffold::new(&name, &dir, &sdk)?;
+                println!("created {}", root.display());
+                println!("  test:   cd {} && cargo test", root.display());
+                println!("  build:  projector build {}", root.display());
+                println!(
+                    "  deploy: projector deploy {}/target/wasm32-wasip2/release/{}.wasm --name {name}",
+                    root.display(),
+                    name.replace('-', "_")
+                );
+            } else {
+                let root = scaffold::new_polyglot(&name, &dir, &sdk, lang)?;
+                println!("created {}", root.display());
+                let test = match lang {
+                    scaffold::Language::Js => "npm install && node --test test/",
+                    _ => "pytest   (from the checkout's .venv: scripts/setup-python)",
+                };
+                println!("  test:   cd {} && {test}", root.display());
+                println!("  build:  projector build {}", root.display());
+                println!(
+                    "  deploy: projector deploy {}/target/{name}.wasm",
+                    root.display()
+                );
+            }
         }
         Command::Build { dir } => {
             let wasm = tokio::task::spawn_blocking(move || scaffold::build(&dir)).await??;

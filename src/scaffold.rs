@@ -1,6 +1,7 @@
-//! `projector new` and `projector build`: a projection crate in one command, and its build to
-//! a component. The crate depends on the SDK by path: the `sdk/` of the source tree this
-//! binary was built from when it is still there, or the one `--sdk` names.
+//! `projector new` and `projector build`: a projection in one command (a Rust crate, or a
+//! JavaScript or Python folder), and its build to a component. It depends on the SDK by path:
+//! the `sdk/` (`sdk-js/`, `sdk-py/`) of the source tree this binary was built from when it is
+//! still there, or of the checkout whose `sdk/` `--sdk` names.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -77,6 +78,146 @@ pub fn new(name: &str, dir: &Path, sdk: &Path) -> Result<PathBuf, ScaffoldError>
     }
     Ok(root)
 }
+
+/// The language of a new projection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Language {
+    Rust,
+    Js,
+    Python,
+}
+
+/// Writes a JavaScript or Python projection folder `<dir>/<name>`: the same stream summary as
+/// the Rust template, with its native test, depending on the SDK beside `sdk` (`sdk-js/`,
+/// `sdk-py/`). Returns the folder.
+pub fn new_polyglot(
+    name: &str,
+    dir: &Path,
+    sdk: &Path,
+    language: Language,
+) -> Result<PathBuf, ScaffoldError> {
+    if !crate::scheduler::valid_name(name) {
+        return Err(ScaffoldError::InvalidName);
+    }
+    let root = dir.join(name);
+    if root.exists() {
+        return Err(ScaffoldError::Exists(root));
+    }
+    let checkout = sdk.parent().unwrap_or(sdk);
+    let module = name.replace('-', "_");
+    let files = match language {
+        Language::Js => {
+            let sdk_js = checkout.join("sdk-js");
+            let package = serde_json::json!({
+                "name": name, "version": "0.1.0", "private": true, "type": "module",
+                "main": "src/projection.js",
+                "scripts": {"test": "node --test test/"},
+                "dependencies": {"@projector/sdk": format!("file:{}", sdk_js.display())},
+            });
+            vec![
+                (root.join("package.json"), format!("{package:#}\n")),
+                (root.join("src/projection.js"), PROJECTION_JS.to_owned()),
+                (root.join("test/projection.test.js"), TEST_JS.to_owned()),
+                (
+                    root.join(".gitignore"),
+                    "/target\n/node_modules\n".to_owned(),
+                ),
+            ]
+        }
+        Language::Python => {
+            let sdk_py = checkout.join("sdk-py");
+            let pyproject = format!(
+                "[project]\nname = \"{name}\"\nversion = \"0.1.0\"\nrequires-python = \">=3.11\"\n\n\
+                 [tool.projector]\nmodule = \"{module}\"\n\n\
+                 [tool.pytest.ini_options]\npythonpath = [\".\", {:?}]\ntestpaths = [\"tests\"]\n",
+                sdk_py.display().to_string()
+            );
+            vec![
+                (root.join("pyproject.toml"), pyproject),
+                (root.join(format!("{module}.py")), PROJECTION_PY.to_owned()),
+                (
+                    root.join(format!("tests/test_{module}.py")),
+                    TEST_PY.replace("{module}", &module),
+                ),
+                (
+                    root.join(".gitignore"),
+                    "/target\n__pycache__/\n".to_owned(),
+                ),
+            ]
+        }
+        Language::Rust => unreachable!("a Rust projection is a crate: `new`"),
+    };
+    for (path, text) in files {
+        let folder = path.parent().unwrap_or(&root);
+        std::fs::create_dir_all(folder).map_err(io(folder))?;
+        std::fs::write(&path, text).map_err(io(&path))?;
+    }
+    Ok(root)
+}
+
+const PROJECTION_JS: &str = r#"// A projection: for each stream, how many events it has, and its last event's type and
+// position. See docs/javascript.md of Projector.
+import { defineProjection, Subscription } from '@projector/sdk';
+
+export default defineProjection({
+  // Every event; narrow it with Subscription.categories([...]).ofTypes([...]).
+  subscription: Subscription.all(),
+
+  apply(view, event) {
+    const summary = view.edit(`stream/${event.stream}`, () => ({ events: 0, lastType: '', lastPosition: 0 }));
+    summary.events += 1;
+    summary.lastType = event.type;
+    summary.lastPosition = event.position;
+  },
+});
+"#;
+
+const TEST_JS: &str = r#"import { test } from 'node:test';
+import assert from 'node:assert/strict';
+
+import { Harness } from '@projector/sdk/harness';
+import projection from '../src/projection.js';
+
+test("counts each stream's events", () => {
+  const run = new Harness(projection);
+  run.append('order-1', 'OrderPlaced', {});
+  run.append('order-2', 'OrderPlaced', {});
+  run.append('order-1', 'OrderShipped', {});
+  assert.deepEqual(run.document('stream/order-1'), { events: 2, lastType: 'OrderShipped', lastPosition: 3 });
+});
+"#;
+
+const PROJECTION_PY: &str = r#""""A projection: for each stream, how many events it has, and its last event's type and
+position. See docs/python.md of Projector."""
+
+from projector_sdk import Subscription
+
+# Every event; narrow it with Subscription(categories=[...], event_types=[...]).
+subscription = Subscription.all()
+
+
+def new_summary():
+    return {"events": 0, "lastType": "", "lastPosition": 0}
+
+
+def apply(view, event):
+    summary = view.edit(f"stream/{event.stream}", new_summary)
+    summary["events"] += 1
+    summary["lastType"] = event.type
+    summary["lastPosition"] = event.position
+"#;
+
+const TEST_PY: &str = r#"import {module}
+from projector_sdk.harness import Harness
+
+
+def test_counts_each_streams_events():
+    run = Harness({module})
+    run.append("order-1", "OrderPlaced")
+    run.append("order-2", "OrderPlaced")
+    run.append("order-1", "OrderShipped")
+    assert run.document("stream/order-1") == {"events": 2, "lastType": "OrderShipped", "lastPosition": 3}
+"#;
 
 fn cargo_toml(name: &str, sdk: &Path) -> String {
     format!(

@@ -452,3 +452,57 @@ fn projector_build_builds_javascript_and_python_projections_from_anywhere() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("is not a projection"));
 }
+
+#[test]
+fn projector_new_scaffolds_javascript_and_python_projections_whose_tests_pass() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    if !root.join("node_modules/.bin/componentize-js").exists()
+        || !root.join(".venv/bin/pytest").exists()
+    {
+        return required("componentize-js or the Python tools");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let projector = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_projector"))
+            .args(args)
+            .arg("--dir")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        stdout(&output)
+    };
+    assert!(projector(&["new", "counts", "--lang", "js"]).contains("npm install && node --test"));
+    projector(&["new", "tally", "--lang", "python"]);
+    let js = dir.path().join("counts");
+    let run = |program: &Path, args: &[&str], cwd: &Path| {
+        let output = std::process::Command::new(program)
+            .args(args)
+            .current_dir(cwd)
+            .output()
+            .unwrap();
+        stdout(&output)
+    };
+    run(
+        Path::new("npm"),
+        &["install", "--no-audit", "--no-fund", "--offline"],
+        &js,
+    );
+    assert!(run(Path::new("node"), &["--test", "test/"], &js).contains("# pass 1"));
+    let py = dir.path().join("tally");
+    assert!(
+        run(
+            &root.join(".venv/bin/pytest"),
+            &["-q", "-p", "no:cacheprovider"],
+            &py
+        )
+        .contains("1 passed")
+    );
+    // A second scaffold of a name refuses to overwrite it.
+    let again = std::process::Command::new(env!("CARGO_BIN_EXE_projector"))
+        .args(["new", "tally", "--lang", "python", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists already"));
+}
