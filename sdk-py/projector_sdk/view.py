@@ -70,6 +70,7 @@ class View:
         """The document under ``key`` (or ``default()`` when there is none) to change in place:
         it is written when the batch ends. The cheapest way to change a document (no
         callback), and what ``update`` does around its callback."""
+        # `_entry` written out: this is most projections' hot path, and a call counts.
         entry = self._overlay.get(key)
         if entry is None:
             entry = self._overlay[key] = [_STORED, self._backend.get(key), True]

@@ -130,6 +130,18 @@ async fn bind_to_fanout(ch: &Channel, exchange: &str) -> lapin::Consumer {
     .unwrap()
 }
 
+/// How many messages wait on `queue` (a passive declare: the queue must exist).
+async fn message_count(ch: &Channel, queue: &str) -> u32 {
+    let options = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    ch.queue_declare(queue.into(), options, FieldTable::default())
+        .await
+        .unwrap()
+        .message_count()
+}
+
 async fn publish(ch: &Channel, queue: &str, body: &[u8], properties: BasicProperties) {
     let confirm = ch
         .basic_publish(
@@ -212,18 +224,7 @@ async fn ingest_appends_in_order_dead_letters_and_replies() {
     // Every message was acknowledged: none is left on the queue.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let q = ch
-            .queue_declare(
-                n.ingest.as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        if q.message_count() == 0 {
+        if message_count(&ch, &n.ingest).await == 0 {
             break;
         }
         assert!(Instant::now() < deadline);
@@ -534,18 +535,11 @@ async fn a_passing_failure_requeues_and_the_message_lands_once() {
         assert!(Instant::now() < deadline, "the message never landed");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let dead = ch
-        .queue_declare(
-            n.dead.as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(dead.message_count(), 0, "nothing was dead-lettered");
+    assert_eq!(
+        message_count(&ch, &n.dead).await,
+        0,
+        "nothing was dead-lettered"
+    );
     drop(s);
     n.clean(&ch).await;
 }

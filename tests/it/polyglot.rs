@@ -7,6 +7,7 @@
 //! sets `PROJECTOR_REQUIRE_POLYGLOT=1`, which makes a missing guest or tool a failure.
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -399,6 +400,14 @@ fn the_sdks_native_tests_pass() {
     }
 }
 
+/// The `projector` command line, run to its end.
+fn projector<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_projector"))
+        .args(args)
+        .output()
+        .expect("running projector")
+}
+
 #[test]
 fn projector_build_builds_javascript_and_python_projections_from_anywhere() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -431,11 +440,7 @@ fn projector_build_builds_javascript_and_python_projections_from_anywhere() {
         (js.clone(), js.join("target/counts.wasm")),
         (py, dir.path().join("target/tally.wasm")),
     ] {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_projector"))
-            .arg("build")
-            .arg(&source)
-            .output()
-            .unwrap();
+        let output = projector([OsStr::new("build"), source.as_os_str()]);
         assert_eq!(stdout(&output).trim(), expected.to_str().unwrap());
         let wasm = std::fs::read(&expected).unwrap();
         assert_eq!(
@@ -444,11 +449,7 @@ fn projector_build_builds_javascript_and_python_projections_from_anywhere() {
             "a component, not a core module"
         );
     }
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_projector"))
-        .arg("build")
-        .arg(dir.path().join("target"))
-        .output()
-        .unwrap();
+    let output = projector([OsStr::new("build"), dir.path().join("target").as_os_str()]);
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("is not a projection"));
 }
@@ -462,17 +463,12 @@ fn projector_new_scaffolds_javascript_and_python_projections_whose_tests_pass() 
         return required("componentize-js or the Python tools");
     }
     let dir = tempfile::tempdir().unwrap();
-    let projector = |args: &[&str]| {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_projector"))
-            .args(args)
-            .arg("--dir")
-            .arg(dir.path())
-            .output()
-            .unwrap();
-        stdout(&output)
+    let new = |name: &str, lang: &str| {
+        let args = ["new", name, "--lang", lang, "--dir"].map(OsStr::new);
+        projector(args.into_iter().chain([dir.path().as_os_str()]))
     };
-    assert!(projector(&["new", "counts", "--lang", "js"]).contains("npm install && node --test"));
-    projector(&["new", "tally", "--lang", "python"]);
+    assert!(stdout(&new("counts", "js")).contains("npm install && node --test"));
+    stdout(&new("tally", "python"));
     let js = dir.path().join("counts");
     let run = |program: &Path, args: &[&str], cwd: &Path| {
         let output = std::process::Command::new(program)
@@ -498,11 +494,7 @@ fn projector_new_scaffolds_javascript_and_python_projections_whose_tests_pass() 
         .contains("1 passed")
     );
     // A second scaffold of a name refuses to overwrite it.
-    let again = std::process::Command::new(env!("CARGO_BIN_EXE_projector"))
-        .args(["new", "tally", "--lang", "python", "--dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let again = new("tally", "python");
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("exists already"));
 }
