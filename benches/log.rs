@@ -120,26 +120,26 @@ async fn paged_read(base: &str, path: &str) -> f64 {
     events as f64 / start.elapsed().as_secs_f64()
 }
 
-/// The log without HTTP: 1,000-event batches straight into `Log::append`, one at a time. The
-/// clock runs only inside `append` (building the events is not the log's cost), so the figure
-/// is what the writer and one fsync per batch sustain for a single serial appender.
-async fn direct_batches(dir: &Path, seconds: Duration) -> f64 {
+/// The log without HTTP: `batch`-event requests straight into `Log::append`, one at a time.
+/// The clock runs only inside `append` (building the events is not the log's cost), so the
+/// figure is what the writer and one fsync per batch sustain for a single serial appender.
+async fn direct_batches(dir: &Path, batch: u64, seconds: Duration) -> f64 {
     let (log, writer) = Log::open(dir).unwrap();
     let mut busy = Duration::ZERO;
     let mut done = 0u64;
     while busy < seconds {
-        let events = (0..1000)
+        let events = (0..batch)
             .map(|n| {
                 let data = JsonPayload::parse(&event(n).to_string()).unwrap();
                 NewEvent::new(None, "ItemAdded", data, None).unwrap()
             })
             .collect();
-        let stream = StreamName::new(format!("order-{}", done / 1000 % 50)).unwrap();
+        let stream = StreamName::new(format!("order-{}", done / batch % 50)).unwrap();
         let request = AppendRequest::new(stream, ExpectedRevision::Any, events).unwrap();
         let start = Instant::now();
         log.append(request).await.unwrap();
         busy += start.elapsed();
-        done += 1000;
+        done += batch;
     }
     let rate = done as f64 / busy.as_secs_f64();
     drop(log);
@@ -147,11 +147,34 @@ async fn direct_batches(dir: &Path, seconds: Duration) -> f64 {
     rate
 }
 
+/// The disk's limit for one serial writer, as the issue defines it: a loop that appends 300
+/// bytes to a file and fdatasyncs it, for `seconds`, in `dir` (the same disk as the server's
+/// data). Returns durable writes per second.
+fn raw_durable_writes(dir: &Path, seconds: Duration) -> f64 {
+    use std::io::Write;
+    std::fs::create_dir_all(dir).unwrap();
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("raw.log"))
+        .unwrap();
+    let record = [b'x'; 300];
+    let start = Instant::now();
+    let mut done = 0u64;
+    while start.elapsed() < seconds {
+        file.write_all(&record).unwrap();
+        file.sync_data().unwrap();
+        done += 1;
+    }
+    done as f64 / start.elapsed().as_secs_f64()
+}
+
 fn main() {
     let (seconds, runs) = settings();
     let runtime = support::runtime();
     let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let mut rows: Vec<(String, f64)> = Vec::new();
+    let mut ratios: Vec<(&str, f64)> = Vec::new();
     let mut report = |name: String, samples: Vec<f64>| {
         let m = median(samples.clone());
         eprintln!("{name}: median {m:.0} events/s of {samples:.0?}");
@@ -176,10 +199,26 @@ fn main() {
             if !selected(&name) {
                 continue;
             }
-            let mut samples = Vec::new();
+            let (mut samples, mut disk) = (Vec::new(), Vec::new());
             for run in 0..runs {
+                if clients == 1 {
+                    // The disk's own figure in the same run, for the ratio (issue 16).
+                    disk.push(raw_durable_writes(
+                        &scratch.path().join(format!("raw-{run}")),
+                        seconds,
+                    ));
+                }
                 let server = Server::start(&scratch.path().join(format!("lean-{clients}-{run}")));
                 samples.push(lean_appends(&server.base, clients, seconds).await);
+            }
+            if clients == 1 {
+                let ratio = median(samples.clone()) / median(disk.clone());
+                report(
+                    "raw 300-byte append + fdatasync loop, same disk (writes/s)".into(),
+                    disk,
+                );
+                eprintln!("single lean client / raw durable writes: {ratio:.2} (target >= 0.60)");
+                ratios.push(("1 lean client / raw fdatasync loop", ratio));
             }
             report(name, samples);
         }
@@ -195,13 +234,23 @@ fn main() {
             }
             report(name, samples);
         }
-        let name = "append, 1,000 events/request, in-process Log::append, 1 appender (no HTTP)";
-        if selected(name) {
+        for (batch, name) in [
+            (
+                1,
+                "append, 1 event/request, in-process Log::append, 1 appender (no HTTP)",
+            ),
+            (
+                1000,
+                "append, 1,000 events/request, in-process Log::append, 1 appender (no HTTP)",
+            ),
+        ] {
+            if !selected(name) {
+                continue;
+            }
             let mut samples = Vec::new();
             for run in 0..runs {
-                samples.push(
-                    direct_batches(&scratch.path().join(format!("direct-{run}")), seconds).await,
-                );
+                let dir = scratch.path().join(format!("direct-{batch}-{run}"));
+                samples.push(direct_batches(&dir, batch, seconds).await);
             }
             report(name.into(), samples);
         }
@@ -267,5 +316,8 @@ fn main() {
     println!("| measurement | median events/s |\n|---|---:|");
     for (name, rate) in rows {
         println!("| {name} | {rate:.0} |");
+    }
+    for (name, ratio) in ratios {
+        println!("ratio {name}: {ratio:.2}");
     }
 }

@@ -12,7 +12,8 @@ use axum::response::{IntoResponse, Response};
 use crate::log::RecordedEvent;
 
 /// A 200 whose body is JSON text written by hand (or stored as JSON).
-pub fn json_response(body: Vec<u8>) -> Response {
+pub fn json_response(body: impl Into<axum::body::Body>) -> Response {
+    let body: axum::body::Body = body.into();
     (
         [(
             header::CONTENT_TYPE,

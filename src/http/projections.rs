@@ -317,6 +317,10 @@ pub async fn document(
     let Path((name, key)) = path.map_err(|r| rejection("invalid_path", r))?;
     let Query(wait) = query.map_err(|r| rejection("invalid_query", r))?;
     let view = ready_view(&tenant.projections, &name, &wait).await?;
+    // A hot document is served from memory, on the reactor: no read transaction, no thread hop.
+    if let Some(document) = view.cached(&key) {
+        return Ok(super::encode::json_response(document));
+    }
     let lookup = key.clone();
     let found = tokio::task::spawn_blocking(move || view.get(&lookup)).await??;
     match found {

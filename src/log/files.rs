@@ -33,6 +33,11 @@ impl LogFiles {
         Ok((Arc::new(files), lengths))
     }
 
+    /// The log file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// The open handle, held for one read or one commit.
     pub fn current(&self) -> Result<Arc<Store>, StorageError> {
         self.store.load_full().ok_or(StorageError::Unavailable)

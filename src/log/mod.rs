@@ -16,6 +16,7 @@ mod error;
 mod files;
 mod store;
 mod types;
+mod wal;
 mod writer;
 
 use std::path::Path;

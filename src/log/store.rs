@@ -48,6 +48,7 @@ use super::types::{
     AppendOutcome, AppendRequest, Direction, EventId, Position, RecordedEvent, Source, StreamName,
     category_of,
 };
+use super::wal;
 
 /// An index of extents: (stream or category name, first coordinate) → (first position, count).
 /// The coordinate is the revision for streams and the position for categories.
@@ -55,6 +56,11 @@ type Extents<'a> = TableDefinition<'a, (&'static str, u64), (u64, u64)>;
 type Events<'a> = TableDefinition<'a, u64, &'static [u8]>;
 
 const INDEXED_THROUGH: &str = "indexed_through";
+
+/// The write-ahead segment's state in the file (one for all partitions): the generation its
+/// frames carry until the next checkpoint (see `wal`).
+const WAL: TableDefinition<'static, &'static str, u64> = TableDefinition::new("wal");
+const GENERATION: &str = "generation";
 
 /// The table names of one account's partition.
 pub struct Tables {
@@ -194,20 +200,24 @@ pub struct Store {
     /// partition once its tables are committed; never held across I/O or with a tail lock.
     partitions: RwLock<HashMap<String, Arc<Partition>>>,
     policy: FlushPolicy,
+    /// The generation of the write-ahead segment's frames as of this open (see `wal`).
+    wal_generation: u64,
 }
 
 impl Store {
-    /// Opens the file and rebuilds each partition's index tail from the events after its
-    /// `indexed_through`. Returns the store and the stream lengths of the tails, for the
-    /// writer.
+    /// Opens the file, writes into it what the write-ahead segment holds beyond it, and
+    /// rebuilds each partition's index tail from the events after its `indexed_through`.
+    /// Returns the store and the stream lengths of the tails, for the writer.
     pub fn open(path: &Path, policy: FlushPolicy) -> Result<(Self, Lengths), StorageError> {
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
             .create(path)?;
+        let wal_generation = recover(&db, &wal::path_of(path))?;
         let store = Store {
             db,
             partitions: RwLock::new(HashMap::new()),
             policy,
+            wal_generation,
         };
         // The default account's tables always exist; a new log creates them. An existing one
         // is opened without a write, so that it can be reopened (and read) while the disk is
@@ -327,6 +337,11 @@ impl Store {
 
     pub fn database(&self) -> &Database {
         &self.db
+    }
+
+    /// The generation of the write-ahead segment's frames as of this open.
+    pub fn wal_generation(&self) -> u64 {
+        self.wal_generation
     }
 
     /// The position of the partition's last event, 0 for an empty one.
@@ -598,6 +613,87 @@ impl Store {
     }
 }
 
+/// Writes into the file the records of the write-ahead segment at `segment` that it lacks
+/// (those of a commit made non-durably and lost in a crash or a reopen), then, if the segment
+/// had any frames, starts a new generation, durably. Returns the generation for new frames.
+/// A log with nothing to recover is opened without a write.
+fn recover(db: &Database, segment: &Path) -> Result<u64, StorageError> {
+    let generation = {
+        let txn = db.begin_read()?;
+        match txn.open_table(WAL) {
+            Ok(table) => table.get(GENERATION)?.map_or(1, |g| g.value()),
+            Err(redb::TableError::TableDoesNotExist(_)) => 1,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let frames = wal::frames(segment, generation).map_err(StorageError::io)?;
+    if frames.is_empty() {
+        return Ok(generation);
+    }
+    let txn = db.begin_write()?;
+    let mut replayed = 0u64;
+    {
+        let mut heads: HashMap<&str, Position> = HashMap::new();
+        // The tables of the account being replayed: (account, events, event_ids).
+        type Open<'t> = (&'t str, Table<'t, u64, &'static [u8]>, Table<'t, u128, u64>);
+        let mut open: Option<Open> = None;
+        for entry in frames.iter().flat_map(|frame| wal::entries(frame)) {
+            let entry = entry.ok_or(StorageError::Corrupt {
+                position: 0,
+                reason: "a frame of the write-ahead segment is malformed",
+            })?;
+            if open
+                .as_ref()
+                .is_none_or(|(account, ..)| *account != entry.account)
+            {
+                let tables = Tables::of(entry.account);
+                tables.create(&txn)?;
+                let events = txn.open_table(tables.events())?;
+                heads
+                    .entry(entry.account)
+                    .or_insert(events.last()?.map_or(0, |(k, _)| k.value()));
+                open = Some((entry.account, events, txn.open_table(tables.ids())?));
+            }
+            let (account, events, ids) = open.as_mut().expect("opened above");
+            let head = heads.get_mut(account).expect("inserted above");
+            if entry.position <= *head {
+                continue;
+            }
+            if entry.position != *head + 1 {
+                return Err(StorageError::Corrupt {
+                    position: entry.position,
+                    reason: "the write-ahead segment skips positions",
+                });
+            }
+            let id = entry.record.get(17..33).ok_or(StorageError::Corrupt {
+                position: entry.position,
+                reason: "truncated record in the write-ahead segment",
+            })?;
+            events.insert(entry.position, entry.record)?;
+            ids.insert(
+                u128::from_be_bytes(id.try_into().expect("16 bytes")),
+                entry.position,
+            )?;
+            *head = entry.position;
+            replayed += 1;
+        }
+    }
+    checkpoint(&txn, generation + 1)?;
+    txn.commit()?;
+    tracing::info!(
+        events = replayed,
+        "recovered the log's commits from its write-ahead segment"
+    );
+    Ok(generation + 1)
+}
+
+/// Marks `txn` (which must be durable) as a checkpoint: the write-ahead segment's frames from
+/// now on carry `generation`, and those of older generations are not read again.
+pub fn checkpoint(txn: &WriteTransaction, generation: u64) -> Result<(), StorageError> {
+    txn.open_table(WAL)?.insert(GENERATION, generation)?;
+    Ok(())
+}
+
 /// A read snapshot and the index tail's part of one source that goes with it.
 struct TailSnapshot {
     txn: ReadTransaction,
@@ -658,6 +754,8 @@ pub struct WriteTables<'txn> {
     record: Vec<u8>,
     /// Extents this group appended, for the tail once it commits.
     pub appended: Vec<Extent>,
+    /// The records this group wrote, for the write-ahead segment.
+    pub logged: wal::Records,
 }
 
 impl<'txn> WriteTables<'txn> {
@@ -672,6 +770,7 @@ impl<'txn> WriteTables<'txn> {
             partition,
             record: Vec::new(),
             appended: Vec::new(),
+            logged: wal::Records::default(),
         })
     }
 
@@ -729,6 +828,7 @@ impl<'txn> WriteTables<'txn> {
             codec::encode(&mut self.record, stream, len + i as u64, recorded_at, event);
             self.events.insert(position, self.record.as_slice())?;
             self.ids.insert(event.id.uuid().as_u128(), position)?;
+            self.logged.push(position, &self.record);
         }
         lengths.group.insert(stream.to_owned(), len + count);
         self.appended.push(Extent {

@@ -14,13 +14,15 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
+use redb::Durability;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::LogHealth;
 use super::error::{AppendError, StorageError};
 use super::files::LogFiles;
-use super::store::{Lengths, Store, StreamLengths, WriteTables};
+use super::store::{self, Lengths, Store, StreamLengths, WriteTables};
 use super::types::{AppendOutcome, AppendRequest, Position};
+use super::wal::{self, Wal};
 
 /// Requests waiting for the writer. Appenders past this wait for room (back-pressure).
 pub const QUEUE_CAPACITY: usize = 4096;
@@ -84,6 +86,23 @@ struct Writer {
     /// The tails' stream lengths from the last (re)open, for accounts not in `accounts` yet.
     opened: Lengths,
     health: watch::Sender<LogHealth>,
+    /// The write-ahead segment; `None` if it could not be made (every commit is then durable
+    /// in redb), tried again at the next reopen.
+    wal: Option<Wal>,
+    /// The frame being built, kept for its allocation.
+    payload: wal::Payload,
+}
+
+/// How a group's transaction is made durable.
+enum Commit {
+    /// Its records are in the write-ahead segment (the frame at this offset); redb commits
+    /// without fsync.
+    Logged(u64),
+    /// It wrote no event (refusals, retries, an index flush): redb commits without fsync.
+    Volatile,
+    /// redb commits with fsync; with a segment, the commit is a checkpoint that starts its
+    /// frames over under the next generation.
+    Durable(Option<u64>),
 }
 
 pub fn spawn(
@@ -94,12 +113,17 @@ pub fn spawn(
     health: watch::Sender<LogHealth>,
 ) -> std::io::Result<JoinHandle<()>> {
     let mut writer = Writer {
+        wal: None,
         files,
         heads,
         accounts: HashMap::new(),
         opened: lengths,
         health,
+        payload: wal::Payload::default(),
     };
+    if let Ok(store) = writer.files.current() {
+        writer.open_wal(&store);
+    }
     std::thread::Builder::new()
         .name("log-writer".into())
         .spawn(move || {
@@ -245,7 +269,7 @@ impl Writer {
     }
 
     fn try_commit(&mut self, store: &Store, group: &[Job]) -> Result<Answers, StorageError> {
-        let txn = store.database().begin_write()?;
+        let mut txn = store.database().begin_write()?;
         let (answers, written) = {
             // The partitions this group writes, each with its tables and its head so far.
             let mut open: HashMap<Arc<str>, (WriteTables, Position, usize)> = HashMap::new();
@@ -285,6 +309,10 @@ impl Writer {
                     answer => answers.push(answer),
                 }
             }
+            self.payload.clear();
+            for (account, (tables, ..)) in &open {
+                self.payload.section(account, &tables.logged);
+            }
             let written: Vec<_> = open
                 .into_iter()
                 .map(|(account, (tables, head, flushed))| {
@@ -297,7 +325,34 @@ impl Writer {
         crate::failpoint::failpoint!("log-commit", |arg| Err(StorageError::io(
             crate::failpoint::io_error(arg)
         )));
-        txn.commit()?;
+        let logged = self.payload.as_bytes();
+        let commit = match &mut self.wal {
+            Some(wal) if !logged.is_empty() && wal.fits(logged.len()) => {
+                // An error drops `txn`, which writes nothing.
+                Commit::Logged(wal.append(logged).map_err(StorageError::io)?)
+            }
+            _ if logged.is_empty() && !group.is_empty() => Commit::Volatile,
+            Some(wal) => Commit::Durable(Some(wal.generation() + 1)),
+            None => Commit::Durable(None),
+        };
+        match commit {
+            Commit::Logged(_) | Commit::Volatile => txn
+                .set_durability(Durability::None)
+                .map_err(|e| StorageError::Failed(e.to_string()))?,
+            Commit::Durable(Some(next)) => store::checkpoint(&txn, next)?,
+            Commit::Durable(None) => {}
+        }
+        if let Err(e) = txn.commit() {
+            if let (Commit::Logged(at), Some(wal)) = (commit, &mut self.wal)
+                && let Err(retract) = wal.retract(at)
+            {
+                tracing::error!(error = %retract, "a refused group's frame stays in the write-ahead segment");
+            }
+            return Err(e.into());
+        }
+        if let (Commit::Durable(Some(next)), Some(wal)) = (commit, &mut self.wal) {
+            wal.restart(next);
+        }
         for (account, partition, head, flushed, appended) in written {
             let did_flush = flushed > 0 || group.is_empty();
             partition.advance_tail(flushed, appended, head);
@@ -350,6 +405,9 @@ impl Writer {
         match reopened {
             Ok((heads, lengths)) => {
                 tracing::info!("the log was reopened");
+                if let Ok(store) = self.files.current() {
+                    self.open_wal(&store);
+                }
                 self.accounts.clear();
                 self.opened = lengths;
                 for (tx, head) in heads {
@@ -365,6 +423,22 @@ impl Writer {
                 self.failing(&e, "the log cannot be opened after a failure");
                 Err(e)
             }
+        }
+    }
+
+    /// (Re)opens the write-ahead segment after the log file was (re)opened, which recovered
+    /// whatever the segment held: its frames start over under the store's generation.
+    fn open_wal(&mut self, store: &Store) {
+        let generation = store.wal_generation();
+        match &mut self.wal {
+            Some(wal) => wal.restart(generation),
+            None => match Wal::open(&wal::path_of(self.files.path()), generation) {
+                Ok(wal) => self.wal = Some(wal),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "no write-ahead segment: every append commits the log file with fsync"
+                ),
+            },
         }
     }
 

@@ -8,6 +8,7 @@
 //! replays from there. The runner asks for a durable commit now and then ([`ViewStore::commit`])
 //! and on shutdown.
 
+mod cache;
 pub mod feed;
 mod quota;
 
@@ -19,6 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwapOption;
+use bytes::Bytes;
 use parking_lot::Mutex;
 use redb::{Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -210,6 +212,8 @@ struct ViewFile {
     failed: AtomicBool,
     /// Held by the one thread reopening the file; taken with no other lock held.
     reopening: Mutex<()>,
+    /// Documents read lately, for point reads (see `cache`).
+    cache: cache::DocumentCache,
 }
 
 impl ViewStore {
@@ -228,6 +232,7 @@ impl ViewStore {
                 db: ArcSwapOption::from_pointee(db),
                 failed: AtomicBool::new(false),
                 reopening: Mutex::new(()),
+                cache: cache::DocumentCache::default(),
             }),
         })
     }
@@ -260,6 +265,7 @@ impl ViewStore {
         crate::reopen::take_and_drain(&self.file.db);
         let db = open_database(&self.file.path)?;
         self.file.db.store(Some(Arc::new(db)));
+        self.file.cache.clear();
         self.file.failed.store(false, Ordering::Release);
         tracing::info!(path = %self.file.path.display(), "a view was reopened after a failure");
         Ok(())
@@ -328,18 +334,34 @@ impl ViewStore {
             crate::failpoint::failpoint!("view-commit", |arg| Err(ViewError::Redb(
                 redb::Error::Io(crate::failpoint::io_error(arg))
             )));
-            txn.commit()?;
+            let committed = txn.commit();
+            // Whatever the outcome: a failed commit leads to a reopen, which clears it anyway.
+            self.file.cache.committed(changes);
+            committed?;
             Ok(())
         })())
     }
 
-    /// One document.
-    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, ViewError> {
+    /// One document, read from the file; kept in the view's cache for the next read.
+    pub fn get(&self, key: &str) -> Result<Option<Bytes>, ViewError> {
         self.check((|| {
+            let version = self.file.cache.version();
             let txn = self.db()?.begin_read()?;
             let documents = txn.open_table(DOCUMENTS)?;
-            Ok(documents.get(key)?.map(|g| g.value().to_vec()))
+            let value = documents
+                .get(key)?
+                .map(|g| Bytes::copy_from_slice(g.value()));
+            if let Some(value) = &value {
+                self.file.cache.fill(version, key, value.clone());
+            }
+            Ok(value)
         })())
+    }
+
+    /// One document, if the view's cache holds it: no I/O, so it may be called on the
+    /// reactor. `None` says nothing of the file: read it with [`ViewStore::get`].
+    pub fn cached(&self, key: &str) -> Option<Bytes> {
+        self.file.cache.get(key)
     }
 
     /// Up to `limit` documents whose key starts with `prefix`, after the key `after`, in key
@@ -469,7 +491,13 @@ mod tests {
         view.commit(&changes(&[("order/2", None)]), 9, true)
             .unwrap();
         assert_eq!(view.checkpoint().unwrap(), 9);
-        assert_eq!(view.get("order/1").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(view.get("order/1").unwrap().as_deref(), Some(&b"1"[..]));
+        assert_eq!(view.cached("order/1").as_deref(), Some(&b"1"[..]));
+        // A commit replaces what a read cached.
+        view.commit(&changes(&[("order/1", Some("one"))]), 9, false)
+            .unwrap();
+        assert_eq!(view.cached("order/1"), None);
+        assert_eq!(view.get("order/1").unwrap().as_deref(), Some(&b"one"[..]));
         assert_eq!(view.get("order/2").unwrap(), None);
         let (page, at) = view.page("order/", None, 1).unwrap();
         assert_eq!((page[0].key.as_str(), at), ("order/1", 9));
