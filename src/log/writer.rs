@@ -28,6 +28,10 @@ use super::wal::{self, Wal};
 pub const QUEUE_CAPACITY: usize = 4096;
 /// Most events in one commit, to bound a transaction's size and its latency.
 const MAX_GROUP_EVENTS: usize = 50_000;
+/// A group whose records take more bytes than this commits to redb durably (a checkpoint)
+/// rather than through the write-ahead segment: a durable commit's fixed cost is small beside
+/// such a group, and the segment would write its bytes twice.
+const LARGE_GROUP: usize = 64 * 1024;
 /// While the log is failing, how often the writer tries again unasked.
 const REOPEN_EVERY: Duration = Duration::from_secs(1);
 
@@ -327,7 +331,9 @@ impl Writer {
         )));
         let logged = self.payload.as_bytes();
         let commit = match &mut self.wal {
-            Some(wal) if !logged.is_empty() && wal.fits(logged.len()) => {
+            Some(wal)
+                if !logged.is_empty() && logged.len() <= LARGE_GROUP && wal.fits(logged.len()) =>
+            {
                 // An error drops `txn`, which writes nothing.
                 Commit::Logged(wal.append(logged).map_err(StorageError::io)?)
             }
