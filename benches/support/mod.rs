@@ -135,6 +135,10 @@ impl Lean {
         let expected = format!("http/1.1 {status}");
         let mut filled = 0;
         loop {
+            if filled == self.buffer.len() {
+                // A large answer (a 1,000-event append lists 1,000 ids).
+                self.buffer.resize(filled * 2, 0);
+            }
             let read = self.socket.read(&mut self.buffer[filled..]).await.unwrap();
             assert!(read > 0, "the server closed the connection");
             filled += read;
