@@ -4,6 +4,8 @@
 //!
 //! The points, each named where it is placed:
 //! - `log-commit`: the log writer's commit (`return(enospc|eio)`, `panic`);
+//! - `log-commit-logged`: the log writer's redb commit of a group whose frame is already in the
+//!   write-ahead segment (`return(enospc|eio)`), so the frame must be retracted;
 //! - `log-reopen`: reopening the log after an I/O failure;
 //! - `view-commit`: a view's commit;
 //! - `view-current`: writing a name's `CURRENT` (`return(...)`, `sleep(ms)`);

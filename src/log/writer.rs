@@ -348,13 +348,24 @@ impl Writer {
             Commit::Durable(Some(next)) => store::checkpoint(&txn, next)?,
             Commit::Durable(None) => {}
         }
-        if let Err(e) = txn.commit() {
+        // A failure injected here stands for redb refusing a group whose frame is written.
+        let injected: Option<std::io::Error> = (|| {
+            crate::failpoint::failpoint!("log-commit-logged", |arg| Some(
+                crate::failpoint::io_error(arg)
+            ));
+            None
+        })();
+        let committed = match injected {
+            Some(e) if matches!(commit, Commit::Logged(_)) => Err(StorageError::io(e)),
+            _ => txn.commit().map_err(StorageError::from),
+        };
+        if let Err(e) = committed {
             if let (Commit::Logged(at), Some(wal)) = (commit, &mut self.wal)
                 && let Err(retract) = wal.retract(at)
             {
                 tracing::error!(error = %retract, "a refused group's frame stays in the write-ahead segment");
             }
-            return Err(e.into());
+            return Err(e);
         }
         if let (Commit::Durable(Some(next)), Some(wal)) = (commit, &mut self.wal) {
             wal.restart(next);

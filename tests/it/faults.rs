@@ -123,6 +123,58 @@ async fn a_full_disk_on_append_answers_507_writes_nothing_and_recovers() {
     settled(&client, &server, head).await;
 }
 
+/// A group whose frame reached the write-ahead segment but whose redb commit failed is refused
+/// and stays unwritten: its frame is retracted, so neither the reopen after the failure nor the
+/// recovery after a crash writes it back.
+#[tokio::test]
+async fn a_group_refused_after_its_frame_was_written_stays_refused_across_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let client = client();
+    orders(&client, &server, 0, 3).await;
+    failpoint(&client, &server, "log-commit-logged", "return(eio)").await;
+    let (status, body) = append(
+        &client,
+        &server,
+        "order-x",
+        None,
+        &json!([order_placed(99)]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    clear_failpoint(&client, &server, "log-commit-logged").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get_json(&client, &server.url("/health")).await.0 != StatusCode::OK {
+        assert!(Instant::now() < deadline, "health did not recover");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let head = orders(&client, &server, 3, 3).await;
+    let check = |events: Vec<crate::common::LoggedEvent>| {
+        assert_eq!(
+            events.len() as u64,
+            head,
+            "the refused append wrote nothing"
+        );
+        assert!(events.iter().all(|e| e.stream != "order-x"));
+        assert!((0..6).all(|n| events.iter().any(|e| e.stream == format!("order-{n}"))));
+    };
+    check(log_events(&client, &server).await);
+    // A crash now: the segment holds the acknowledged groups since the reopen, not the refused one.
+    server.kill();
+    let server = Server::start(dir.path());
+    check(log_events(&client, &server).await);
+    let (status, body) = append(
+        &client,
+        &server,
+        "order-x",
+        None,
+        &json!([order_placed(99)]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["first_position"].as_u64(), Some(head + 1));
+}
+
 #[tokio::test]
 async fn a_dead_log_writer_makes_health_failing_and_appends_503() {
     let dir = tempfile::tempdir().unwrap();
