@@ -65,8 +65,9 @@ impl Server {
                 }
             }
         });
+        // Generous: on a loaded 2-core CI machine a start that compiles components takes long.
         let base = rx
-            .recv_timeout(Duration::from_secs(60))
+            .recv_timeout(Duration::from_secs(180))
             .expect("the server printed its address");
         Server {
             child,
