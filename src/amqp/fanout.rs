@@ -119,21 +119,29 @@ pub(super) async fn run(
             let Some(last) = events.last().map(|e| e.position) else {
                 break;
             };
-            let bodies: Vec<Vec<u8>> = events
-                .iter()
-                .map(|e| {
-                    let mut body = Vec::with_capacity(256 + e.data.len() + e.metadata.len());
-                    encode::event(&mut body, e);
-                    body
-                })
-                .collect();
+            // Every body of the round in one buffer (one allocation, not one per message:
+            // lapin frees on its I/O thread what was allocated here, and glibc's arenas then
+            // contend).
+            let mut bodies = Vec::with_capacity(
+                events
+                    .iter()
+                    .map(|e| 256 + e.data.len() + e.metadata.len())
+                    .sum(),
+            );
+            let mut ends = Vec::with_capacity(events.len());
+            for e in &events {
+                encode::event(&mut bodies, e);
+                ends.push(bodies.len());
+            }
             // `basic_publish` queues its frames (and takes its confirm's number) on its first
             // poll, then waits for lapin's I/O thread to have written them. Awaiting each in
             // turn would make every message a round trip between threads (measured: about
             // 35 µs of CPU a message); instead each is polled once, in position order, which
             // queues them all in that order, and the writes are awaited afterwards.
             let mut sending = Vec::with_capacity(events.len());
-            for (e, body) in events.iter().zip(&bodies) {
+            let starts = std::iter::once(0).chain(ends.iter().copied());
+            for (e, (start, end)) in events.iter().zip(starts.zip(ends.iter().copied())) {
+                let body = &bodies[start..end];
                 let mut publish = Box::pin(channel.basic_publish(
                     exchange.clone(),
                     "".into(),

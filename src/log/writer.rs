@@ -44,6 +44,30 @@ pub struct Job {
 
 type Answers = Vec<Result<AppendOutcome, AppendError>>;
 
+/// A group refused by a failure.
+struct Refused {
+    error: StorageError,
+    /// Set when redb's commit itself failed: the group may still have reached the file (a
+    /// failure after its pages, or a handle closed after the error), which the reopen shows.
+    unsettled: Option<Box<Unsettled>>,
+}
+
+impl From<StorageError> for Refused {
+    fn from(error: StorageError) -> Self {
+        Refused {
+            error,
+            unsettled: None,
+        }
+    }
+}
+
+/// What a group whose commit failed would have been, had it landed.
+struct Unsettled {
+    /// Each account it wrote, with the head its commit would have reached.
+    heads: Vec<(Arc<str>, Position)>,
+    answers: Answers,
+}
+
 /// Every account's head watch, made on first use by a `Log` handle or by the writer, and kept
 /// for the life of the log (the handles' receivers outlive any reopen of the file).
 #[derive(Default)]
@@ -244,6 +268,7 @@ impl Writer {
                     .map(|_| ())
                     .and_then(|()| self.files.current())
             })
+            .map_err(Refused::from)
             .and_then(|store| self.try_commit(&store, group));
         match outcome {
             Ok(answers) => {
@@ -253,17 +278,26 @@ impl Writer {
                 }
                 answers
             }
-            Err(e) => {
+            Err(Refused { error, unsettled }) => {
                 for state in self.accounts.values_mut() {
                     state.lengths.abandon_group();
                 }
-                let e = e.classify();
-                tracing::error!(error = %e, "log commit failed; the group is refused");
+                let e = error.classify();
+                tracing::error!(error = %e, "log commit failed");
                 if e.is_io() {
                     self.failing(&e, "a write to the log failed");
                     // Whatever it rolls back to is what the head and lengths become.
-                    let _ = self.reopen();
+                    if self.reopen().is_ok()
+                        && let Some(unsettled) = unsettled
+                        && self.landed(&unsettled)
+                    {
+                        tracing::warn!(
+                            "the failed commit had reached the log file; its group is answered"
+                        );
+                        return unsettled.answers;
+                    }
                 }
+                tracing::error!("the group is refused");
                 group
                     .iter()
                     .map(|_| Err(AppendError::Storage(refusal(&e))))
@@ -272,8 +306,28 @@ impl Writer {
         }
     }
 
-    fn try_commit(&mut self, store: &Store, group: &[Job]) -> Result<Answers, StorageError> {
-        let mut txn = store.database().begin_write()?;
+    /// Whether the reopened file holds `unsettled` (every account it wrote at the head its
+    /// commit would have reached), made durable here: then its answers are true. The writer
+    /// is the only one writing, so nothing else moved those heads.
+    fn landed(&self, unsettled: &Unsettled) -> bool {
+        let Ok(store) = self.files.current() else {
+            return false;
+        };
+        let at_heads = unsettled.heads.iter().all(|(account, expected)| {
+            store
+                .existing_partition(account)
+                .is_some_and(|p| store.head(&p).is_ok_and(|head| head == *expected))
+        });
+        // What the open found may not have been flushed before the failure: an answer is
+        // given only once it is durable.
+        at_heads
+            && std::fs::File::open(self.files.path())
+                .and_then(|file| file.sync_all())
+                .is_ok()
+    }
+
+    fn try_commit(&mut self, store: &Store, group: &[Job]) -> Result<Answers, Refused> {
+        let mut txn = store.database().begin_write().map_err(StorageError::from)?;
         let (answers, written) = {
             // The partitions this group writes, each with its tables and its head so far.
             let mut open: HashMap<Arc<str>, (WriteTables, Position, usize)> = HashMap::new();
@@ -309,7 +363,7 @@ impl Writer {
                 };
                 match tables.append(&job.request, head, now, &mut state.lengths) {
                     // A storage failure may leave part of a request written: abandon the group.
-                    Err(AppendError::Storage(e)) => return Err(e),
+                    Err(AppendError::Storage(e)) => return Err(e.into()),
                     answer => answers.push(answer),
                 }
             }
@@ -328,7 +382,8 @@ impl Writer {
         };
         crate::failpoint::failpoint!("log-commit", |arg| Err(StorageError::io(
             crate::failpoint::io_error(arg)
-        )));
+        )
+        .into()));
         let logged = self.payload.as_bytes();
         let commit = match &mut self.wal {
             Some(wal)
@@ -348,24 +403,42 @@ impl Writer {
             Commit::Durable(Some(next)) => store::checkpoint(&txn, next)?,
             Commit::Durable(None) => {}
         }
-        // A failure injected here stands for redb refusing a group whose frame is written.
+        // Failures injected here stand for redb refusing a group whose frame is written, and
+        // for redb reporting an error for a commit that reached the file.
         let injected: Option<std::io::Error> = (|| {
             crate::failpoint::failpoint!("log-commit-logged", |arg| Some(
                 crate::failpoint::io_error(arg)
             ));
             None
         })();
-        let committed = match injected {
-            Some(e) if matches!(commit, Commit::Logged(_)) => Err(StorageError::io(e)),
+        let landed_but_failed: Option<std::io::Error> = (|| {
+            crate::failpoint::failpoint!("log-commit-landed", |arg| Some(
+                crate::failpoint::io_error(arg)
+            ));
+            None
+        })();
+        let committed = match (injected, landed_but_failed) {
+            (Some(e), _) if matches!(commit, Commit::Logged(_)) => Err(StorageError::io(e)),
+            (_, Some(e)) => txn
+                .commit()
+                .map_err(StorageError::from)
+                .and(Err(StorageError::io(e))),
             _ => txn.commit().map_err(StorageError::from),
         };
-        if let Err(e) = committed {
+        if let Err(error) = committed {
             if let (Commit::Logged(at), Some(wal)) = (commit, &mut self.wal)
                 && let Err(retract) = wal.retract(at)
             {
                 tracing::error!(error = %retract, "a refused group's frame stays in the write-ahead segment");
             }
-            return Err(e);
+            let heads = written
+                .into_iter()
+                .map(|(account, _, head, ..)| (account, head))
+                .collect();
+            return Err(Refused {
+                error,
+                unsettled: Some(Box::new(Unsettled { heads, answers })),
+            });
         }
         if let (Commit::Durable(Some(next)), Some(wal)) = (commit, &mut self.wal) {
             wal.restart(next);

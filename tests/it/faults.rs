@@ -45,6 +45,16 @@ async fn settled(client: &reqwest::Client, server: &Server, head: u64) {
     assert_views_match_native(client, server).await;
 }
 
+/// Waits until `/health` answers 200 again after a log failure (the writer probes the disk
+/// on its own).
+async fn healthy_again(client: &reqwest::Client, server: &Server) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get_json(client, &server.url("/health")).await.0 != StatusCode::OK {
+        assert!(Instant::now() < deadline, "health did not recover");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn caught_up(head: u64) -> impl Fn(&Value) -> bool {
     move |s| s["state"] == "caught_up" && s["position"].as_u64() >= Some(head)
 }
@@ -107,11 +117,7 @@ async fn a_full_disk_on_append_answers_507_writes_nothing_and_recovers() {
 
     clear_failpoint(&client, &server, "log-commit").await;
     // Health recovers by itself (the writer probes the disk), before any append.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while get_json(&client, &server.url("/health")).await.0 != StatusCode::OK {
-        assert!(Instant::now() < deadline, "health did not recover");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    healthy_again(&client, &server).await;
     let head = orders(&client, &server, 3, 3).await;
     let events = log_events(&client, &server).await;
     assert_eq!(
@@ -143,11 +149,7 @@ async fn a_group_refused_after_its_frame_was_written_stays_refused_across_a_cras
     .await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
     clear_failpoint(&client, &server, "log-commit-logged").await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while get_json(&client, &server.url("/health")).await.0 != StatusCode::OK {
-        assert!(Instant::now() < deadline, "health did not recover");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    healthy_again(&client, &server).await;
     let head = orders(&client, &server, 3, 3).await;
     let check = |events: Vec<crate::common::LoggedEvent>| {
         assert_eq!(
@@ -173,6 +175,60 @@ async fn a_group_refused_after_its_frame_was_written_stays_refused_across_a_cras
     .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["first_position"].as_u64(), Some(head + 1));
+}
+
+/// redb may report an error for a commit that reached the file. The writer reopens the file
+/// after it, and answers the group with its positions if the reopened file holds it (made
+/// durable first), or refuses it if not: either way the answer is what the log holds, also
+/// after a crash.
+#[tokio::test]
+async fn a_commit_reported_failed_is_answered_by_what_the_reopened_log_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let client = client();
+    let head = orders(&client, &server, 0, 3).await;
+    failpoint(&client, &server, "log-commit-landed", "return(eio)").await;
+    // Over 64 KiB: committed to redb durably, so it is in the file when the error comes.
+    let big: Vec<Value> = (0..200)
+        .map(|i| json!({"type": "Noted", "data": {"i": i, "text": "x".repeat(400)}}))
+        .collect();
+    let (status, body) = append(&client, &server, "notes-1", None, &json!(big)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["first_position"].as_u64(), Some(head + 1));
+    assert_eq!(body["last_position"].as_u64(), Some(head + 200));
+    // A small group goes through the write-ahead segment, whose frame is retracted on the
+    // error: whether redb's own commit survived the reopen decides the answer.
+    let (status, body) = append(
+        &client,
+        &server,
+        "order-x",
+        None,
+        &json!([order_placed(99)]),
+    )
+    .await;
+    let small_stored = match status {
+        StatusCode::CREATED => true,
+        StatusCode::INTERNAL_SERVER_ERROR => false,
+        other => panic!("{other}: {body}"),
+    };
+    clear_failpoint(&client, &server, "log-commit-landed").await;
+    healthy_again(&client, &server).await;
+    let check = |events: Vec<crate::common::LoggedEvent>| {
+        let notes = events.iter().filter(|e| e.stream == "notes-1").count();
+        assert_eq!(notes, 200, "the group answered 201 is in the log");
+        let small = events.iter().filter(|e| e.stream == "order-x").count();
+        assert_eq!(small, usize::from(small_stored), "the small group's answer");
+        assert_eq!(events.len() as u64, head + 200 + u64::from(small_stored));
+        let mut positions: Vec<u64> = events.iter().map(|e| e.position).collect();
+        positions.dedup();
+        assert_eq!(positions, (1..=events.len() as u64).collect::<Vec<_>>());
+    };
+    check(log_events(&client, &server).await);
+    server.kill();
+    let server = Server::start(dir.path());
+    check(log_events(&client, &server).await);
+    let head = orders(&client, &server, 3, 1).await;
+    assert_eq!(head, 6 + 200 + u64::from(small_stored) + 2);
 }
 
 #[tokio::test]
