@@ -425,10 +425,16 @@ impl ViewStore {
     }
 }
 
+/// redb's page cache of one view file. Two are open for a projection while it rebuilds, and
+/// the hot documents are in the document cache besides: 64 MiB each made the server's peak
+/// RSS during a 1M-event rebuild 324 MiB, 16 MiB made it 221 MiB, with the rebuild's time
+/// and view GETs over all 213,000 documents unchanged within the noise (BENCHMARKS.md).
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
+
 /// Opens (or creates) a view's file with its tables.
 fn open_database(path: &Path) -> Result<Database, ViewError> {
     let db = Database::builder()
-        .set_cache_size(64 * 1024 * 1024)
+        .set_cache_size(CACHE_BYTES)
         .create(path)?;
     let exists = db
         .begin_read()?
