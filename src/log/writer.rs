@@ -297,7 +297,9 @@ impl Writer {
                         return unsettled.answers;
                     }
                 }
-                tracing::error!("the group is refused");
+                if !group.is_empty() {
+                    tracing::error!(requests = group.len(), "the group is refused");
+                }
                 group
                     .iter()
                     .map(|_| Err(AppendError::Storage(refusal(&e))))
