@@ -32,6 +32,12 @@ async fn orders(client: &reqwest::Client, server: &Server, from: u64, count: u64
     head
 }
 
+/// Appends an order to `order-x`, a stream no other append of these tests touches, so that
+/// whether the log holds it shows whether the append was stored.
+async fn append_stray(client: &reqwest::Client, server: &Server) -> (StatusCode, Value) {
+    append(client, server, "order-x", None, &json!([order_placed(99)])).await
+}
+
 /// Waits until every example has applied `head`.
 async fn all_caught_up(client: &reqwest::Client, server: &Server, head: u64) {
     for name in EXAMPLES {
@@ -97,10 +103,8 @@ async fn a_full_disk_on_append_answers_507_writes_nothing_and_recovers() {
     let server = Server::start(dir.path());
     let client = client();
     let head = orders(&client, &server, 0, 3).await;
-    // An append to a stream no acknowledged append touches.
-    let refused = json!([order_placed(99)]);
     failpoint(&client, &server, "log-commit", "return(enospc)").await;
-    let (status, body) = append(&client, &server, "order-x", None, &refused).await;
+    let (status, body) = append_stray(&client, &server).await;
     assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE, "{body}");
     assert_eq!(body["error"]["code"], "insufficient_storage");
     let (status, health) = get_json(&client, &server.url("/health")).await;
@@ -112,7 +116,7 @@ async fn a_full_disk_on_append_answers_507_writes_nothing_and_recovers() {
 
     // Any other I/O failure: a 500 naming no detail of the disk, and nothing written.
     failpoint(&client, &server, "log-commit", "return(eio)").await;
-    let (status, body) = append(&client, &server, "order-x", None, &refused).await;
+    let (status, body) = append_stray(&client, &server).await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
 
     clear_failpoint(&client, &server, "log-commit").await;
@@ -139,14 +143,7 @@ async fn a_group_refused_after_its_frame_was_written_stays_refused_across_a_cras
     let client = client();
     orders(&client, &server, 0, 3).await;
     failpoint(&client, &server, "log-commit-logged", "return(eio)").await;
-    let (status, body) = append(
-        &client,
-        &server,
-        "order-x",
-        None,
-        &json!([order_placed(99)]),
-    )
-    .await;
+    let (status, body) = append_stray(&client, &server).await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
     clear_failpoint(&client, &server, "log-commit-logged").await;
     healthy_again(&client, &server).await;
@@ -165,14 +162,7 @@ async fn a_group_refused_after_its_frame_was_written_stays_refused_across_a_cras
     server.kill();
     let server = Server::start(dir.path());
     check(log_events(&client, &server).await);
-    let (status, body) = append(
-        &client,
-        &server,
-        "order-x",
-        None,
-        &json!([order_placed(99)]),
-    )
-    .await;
+    let (status, body) = append_stray(&client, &server).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["first_position"].as_u64(), Some(head + 1));
 }
@@ -198,14 +188,7 @@ async fn a_commit_reported_failed_is_answered_by_what_the_reopened_log_holds() {
     assert_eq!(body["last_position"].as_u64(), Some(head + 200));
     // A small group goes through the write-ahead segment, whose frame is retracted on the
     // error: whether redb's own commit survived the reopen decides the answer.
-    let (status, body) = append(
-        &client,
-        &server,
-        "order-x",
-        None,
-        &json!([order_placed(99)]),
-    )
-    .await;
+    let (status, body) = append_stray(&client, &server).await;
     let small_stored = match status {
         StatusCode::CREATED => true,
         StatusCode::INTERNAL_SERVER_ERROR => false,
