@@ -707,3 +707,84 @@ fn a_crash_keeps_every_acknowledged_append_through_the_write_ahead_segment() {
         assert_eq!(*root.head().borrow(), 31);
     });
 }
+
+/// Serial appends, a task's submitted request followed by its own append, and overlapping
+/// appenders: positions stay gap-free, every answer is what the log holds, and a request a
+/// task submitted (not yet answered) is never overtaken by that task's next append.
+#[test]
+fn serial_submitted_and_overlapping_appends_share_one_gap_free_log() {
+    let dir = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        let (log, _writer) = Log::open(dir.path()).unwrap();
+        let mut answered = Vec::new();
+        // One task, one request at a time.
+        for n in 0..20 {
+            let outcome = log
+                .append(request("lone-1", ExpectedRevision::Any, vec![event(None, n)]))
+                .await
+                .unwrap();
+            answered.push((outcome.first_position, "lone-1".to_owned(), n));
+        }
+        // A submitted request, then the same task's append: in that order.
+        let queued = log
+            .submit(request("mixed-1", ExpectedRevision::Any, vec![event(None, 100)]))
+            .await
+            .unwrap();
+        let next = log
+            .append(request("mixed-1", ExpectedRevision::Any, vec![event(None, 101)]))
+            .await
+            .unwrap();
+        let first = queued.await.unwrap();
+        assert!(first.first_position < next.first_position);
+        answered.push((first.first_position, "mixed-1".to_owned(), 100));
+        answered.push((next.first_position, "mixed-1".to_owned(), 101));
+        // Overlapping appenders, and one that appends between their bursts.
+        let tasks: Vec<_> = (0..8u64)
+            .map(|t| {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let stream = format!("busy-{t}");
+                    let mut answered = Vec::new();
+                    for n in 0..50 {
+                        let outcome = log
+                            .append(request(&stream, ExpectedRevision::Any, vec![event(None, n)]))
+                            .await
+                            .unwrap();
+                        answered.push((outcome.first_position, stream.clone(), n));
+                        if n % 10 == 9 {
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                    answered
+                })
+            })
+            .collect();
+        for task in tasks {
+            answered.extend(task.await.unwrap());
+        }
+        for n in 200..210 {
+            let outcome = log
+                .append(request("lone-1", ExpectedRevision::Any, vec![event(None, n)]))
+                .await
+                .unwrap();
+            answered.push((outcome.first_position, "lone-1".to_owned(), n));
+        }
+        answered.sort();
+        let all = read_all(&log, &Source::All, Direction::Forward);
+        assert_eq!(all.len(), answered.len());
+        assert_eq!(*log.head().borrow(), all.len() as u64);
+        for (event, (position, stream, n)) in all.iter().zip(&answered) {
+            assert_eq!(event.position, *position);
+            assert_eq!(&event.stream, stream);
+            assert_eq!(event.data, format!("{{\"n\":{n}}}").into_bytes());
+        }
+        for stream in ["lone-1", "mixed-1", "busy-3"] {
+            let source = Source::Stream(StreamName::new(stream).unwrap());
+            let revisions: Vec<u64> = read_all(&log, &source, Direction::Forward)
+                .iter()
+                .map(|e| e.revision)
+                .collect();
+            assert_eq!(revisions, (0..revisions.len() as u64).collect::<Vec<_>>());
+        }
+    });
+}
