@@ -720,18 +720,30 @@ fn serial_submitted_and_overlapping_appends_share_one_gap_free_log() {
         // One task, one request at a time.
         for n in 0..20 {
             let outcome = log
-                .append(request("lone-1", ExpectedRevision::Any, vec![event(None, n)]))
+                .append(request(
+                    "lone-1",
+                    ExpectedRevision::Any,
+                    vec![event(None, n)],
+                ))
                 .await
                 .unwrap();
             answered.push((outcome.first_position, "lone-1".to_owned(), n));
         }
         // A submitted request, then the same task's append: in that order.
         let queued = log
-            .submit(request("mixed-1", ExpectedRevision::Any, vec![event(None, 100)]))
+            .submit(request(
+                "mixed-1",
+                ExpectedRevision::Any,
+                vec![event(None, 100)],
+            ))
             .await
             .unwrap();
         let next = log
-            .append(request("mixed-1", ExpectedRevision::Any, vec![event(None, 101)]))
+            .append(request(
+                "mixed-1",
+                ExpectedRevision::Any,
+                vec![event(None, 101)],
+            ))
             .await
             .unwrap();
         let first = queued.await.unwrap();
@@ -747,7 +759,11 @@ fn serial_submitted_and_overlapping_appends_share_one_gap_free_log() {
                     let mut answered = Vec::new();
                     for n in 0..50 {
                         let outcome = log
-                            .append(request(&stream, ExpectedRevision::Any, vec![event(None, n)]))
+                            .append(request(
+                                &stream,
+                                ExpectedRevision::Any,
+                                vec![event(None, n)],
+                            ))
                             .await
                             .unwrap();
                         answered.push((outcome.first_position, stream.clone(), n));
@@ -764,7 +780,11 @@ fn serial_submitted_and_overlapping_appends_share_one_gap_free_log() {
         }
         for n in 200..210 {
             let outcome = log
-                .append(request("lone-1", ExpectedRevision::Any, vec![event(None, n)]))
+                .append(request(
+                    "lone-1",
+                    ExpectedRevision::Any,
+                    vec![event(None, n)],
+                ))
                 .await
                 .unwrap();
             answered.push((outcome.first_position, "lone-1".to_owned(), n));
