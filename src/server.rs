@@ -175,7 +175,7 @@ pub async fn serve(
         )
     });
     let (broker, amqp_task) = amqp.unzip();
-    let app = http::router(AppState {
+    let app = http::router(AppState::new(http::Shared {
         log,
         tenants: tenants.clone(),
         shutdown: shutdown_rx.clone(),
@@ -188,7 +188,7 @@ pub async fn serve(
         subscriptions,
         broker,
         metrics: crate::telemetry::install(),
-    });
+    }));
     // The stop task: owned by the runtime, it ends when `stop` resolves, which also ends the
     // live subscriptions (they watch the same flag).
     tokio::spawn(async move {

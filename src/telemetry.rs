@@ -131,11 +131,24 @@ fn state_gauges(labels: &[(&'static str, String); 3], current: State) {
 }
 
 /// What a finished append records: its outcome, its events and its time to a durable answer.
+/// The handles are looked up once per thread and outcome, as in [`http_request`].
 pub fn append(outcome: &'static str, events: u64, elapsed: Duration) {
-    metrics::counter!("projector_appends_total", "outcome" => outcome).increment(1);
-    metrics::counter!("projector_append_events_total", "outcome" => outcome).increment(events);
-    metrics::histogram!("projector_append_duration_seconds", "outcome" => outcome)
-        .record(elapsed.as_secs_f64());
+    thread_local! {
+        static HANDLES: RefCell<HashMap<&'static str, (Counter, Counter, Histogram)>> =
+            RefCell::new(HashMap::new());
+    }
+    HANDLES.with_borrow_mut(|handles| {
+        let (appends, appended, duration) = handles.entry(outcome).or_insert_with(|| {
+            (
+                metrics::counter!("projector_appends_total", "outcome" => outcome),
+                metrics::counter!("projector_append_events_total", "outcome" => outcome),
+                metrics::histogram!("projector_append_duration_seconds", "outcome" => outcome),
+            )
+        });
+        appends.increment(1);
+        appended.increment(events);
+        duration.record(elapsed.as_secs_f64());
+    });
 }
 
 /// A group commit of `events` events.

@@ -44,8 +44,27 @@ use crate::tenants::Tenants;
 /// body is refused with 413 before it is buffered.
 pub const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 
+/// What every handler shares: one allocation, so the clone each extractor and middleware makes
+/// per request is one reference count (it was a dozen, 2% of a small append's CPU).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The server's parts, shared by every request through [`AppState`].
+pub struct Shared {
     /// The default account's log: for `/health` (the writer's health is the whole log's).
     pub log: Log,
     /// Every account's log, projections and limits; a handler reaches its request's through

@@ -27,6 +27,7 @@ mod worker;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -162,10 +163,17 @@ impl Projections {
         }
         shared.schedule_all();
         // The head follower: owned by the runtime, it ends when the log's head channel closes
-        // or the workers stop.
+        // or the workers stop. While no projection is loaded it wakes no worker (a deploy
+        // schedules its projection itself after publishing it), so an append to an account
+        // without projections costs no thread wake-up here.
         let signal = shared.signal.clone();
+        let loaded = shared.registry.loaded.clone();
         let mut head = log.head();
-        tokio.spawn(async move { while head.changed().await.is_ok() && signal.rescan() {} });
+        tokio.spawn(async move {
+            while head.changed().await.is_ok()
+                && (!loaded.load(Ordering::SeqCst) || signal.rescan())
+            {}
+        });
         Ok(Projections {
             shared,
             workers: Mutex::new(workers),

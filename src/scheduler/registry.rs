@@ -15,6 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwap;
 use parking_lot::{Mutex, MutexGuard};
@@ -48,6 +49,8 @@ pub(super) struct Registry {
     /// error), across its file-system steps: one change at a time. Taken first, before a
     /// slot's state and the queue; no reader takes it.
     pub(super) deploying: Mutex<()>,
+    /// Whether the published set is not empty, for the head follower (which holds no slot).
+    pub(super) loaded: Arc<AtomicBool>,
 }
 
 /// Why an operator's request was refused.
@@ -72,6 +75,7 @@ impl Registry {
         Registry {
             catalog: ArcSwap::from_pointee(Catalog::new()),
             deploying: Mutex::new(()),
+            loaded: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -84,6 +88,7 @@ impl Registry {
     pub(super) fn publish(&self, _deploying: &MutexGuard<'_, ()>, edit: impl FnOnce(&mut Catalog)) {
         let mut next = Catalog::clone(&self.catalog.load());
         edit(&mut next);
+        self.loaded.store(!next.is_empty(), Ordering::SeqCst);
         self.catalog.store(Arc::new(next));
     }
 }
