@@ -158,18 +158,15 @@ impl Shared {
             return;
         }
         let deploying = self.registry.deploying.lock();
-        let mut still_wanted = false;
-        self.registry.publish(&deploying, |catalog| {
-            if let Some(entry) = catalog.get_mut(name)
-                && entry.compiling == Some(hash)
-            {
-                entry.compiling = None;
-                still_wanted = true;
-            }
-        });
+        let still_wanted = self
+            .registry
+            .catalog()
+            .get(name)
+            .is_some_and(|e| e.compiling == Some(hash));
         let path = self.folder.join(format!("{name}.wasm"));
         let current = std::fs::read(&path).ok().map(|b| VersionHash::of(&b));
         if !still_wanted || current != Some(hash) {
+            self.compile_done(&deploying, name, hash);
             return self.deploy_locked(&deploying, name);
         }
         let beside = self
@@ -177,11 +174,32 @@ impl Shared {
             .catalog()
             .get(name)
             .is_some_and(|e| e.serving.is_some());
+        // The name shows `compiling` until the version is published (`start_version` clears
+        // it in the same change), never a moment of neither.
         match outcome {
             Ok(compiled) => {
                 let _ = self.start_version(&deploying, name, &compiled, hash, beside);
             }
             Err(e) => self.file_error(&deploying, name, e.to_string()),
+        }
+        self.compile_done(&deploying, name, hash);
+    }
+
+    /// Clears `name`'s compiling mark if it is still `hash`'s.
+    fn compile_done(&self, deploying: &MutexGuard<'_, ()>, name: &str, hash: VersionHash) {
+        if self
+            .registry
+            .catalog()
+            .get(name)
+            .is_some_and(|e| e.compiling == Some(hash))
+        {
+            self.registry.publish(deploying, |catalog| {
+                if let Some(entry) = catalog.get_mut(name)
+                    && entry.compiling == Some(hash)
+                {
+                    entry.compiling = None;
+                }
+            });
         }
     }
 
@@ -234,6 +252,9 @@ impl Shared {
         self.registry.publish(deploying, |catalog| {
             let entry = catalog.entry(name.to_owned()).or_default();
             entry.file_error = None;
+            if entry.compiling == Some(hash) {
+                entry.compiling = None;
+            }
             previous = if beside {
                 // A rebuild of a paused projection waits for it to be resumed.
                 let paused = entry
