@@ -708,6 +708,15 @@ fn a_crash_keeps_every_acknowledged_append_through_the_write_ahead_segment() {
     });
 }
 
+/// Appends event `n` alone to `stream`; returns where it landed, with what was appended.
+async fn append_one(log: &Log, stream: &str, n: u64) -> (Position, String, u64) {
+    let outcome = log
+        .append(request(stream, ExpectedRevision::Any, vec![event(None, n)]))
+        .await
+        .unwrap();
+    (outcome.first_position, stream.to_owned(), n)
+}
+
 /// Serial appends, a task's submitted request followed by its own append, and overlapping
 /// appenders: positions stay gap-free, every answer is what the log holds, and a request a
 /// task submitted (not yet answered) is never overtaken by that task's next append.
@@ -719,15 +728,7 @@ fn serial_submitted_and_overlapping_appends_share_one_gap_free_log() {
         let mut answered = Vec::new();
         // One task, one request at a time.
         for n in 0..20 {
-            let outcome = log
-                .append(request(
-                    "lone-1",
-                    ExpectedRevision::Any,
-                    vec![event(None, n)],
-                ))
-                .await
-                .unwrap();
-            answered.push((outcome.first_position, "lone-1".to_owned(), n));
+            answered.push(append_one(&log, "lone-1", n).await);
         }
         // A submitted request, then the same task's append: in that order.
         let queued = log
@@ -750,7 +751,7 @@ fn serial_submitted_and_overlapping_appends_share_one_gap_free_log() {
         assert!(first.first_position < next.first_position);
         answered.push((first.first_position, "mixed-1".to_owned(), 100));
         answered.push((next.first_position, "mixed-1".to_owned(), 101));
-        // Overlapping appenders, and one that appends between their bursts.
+        // Overlapping appenders.
         let tasks: Vec<_> = (0..8u64)
             .map(|t| {
                 let log = log.clone();
@@ -758,15 +759,7 @@ fn serial_submitted_and_overlapping_appends_share_one_gap_free_log() {
                     let stream = format!("busy-{t}");
                     let mut answered = Vec::new();
                     for n in 0..50 {
-                        let outcome = log
-                            .append(request(
-                                &stream,
-                                ExpectedRevision::Any,
-                                vec![event(None, n)],
-                            ))
-                            .await
-                            .unwrap();
-                        answered.push((outcome.first_position, stream.clone(), n));
+                        answered.push(append_one(&log, &stream, n).await);
                         if n % 10 == 9 {
                             tokio::task::yield_now().await;
                         }
@@ -778,16 +771,9 @@ fn serial_submitted_and_overlapping_appends_share_one_gap_free_log() {
         for task in tasks {
             answered.extend(task.await.unwrap());
         }
+        // One appender alone again, after them.
         for n in 200..210 {
-            let outcome = log
-                .append(request(
-                    "lone-1",
-                    ExpectedRevision::Any,
-                    vec![event(None, n)],
-                ))
-                .await
-                .unwrap();
-            answered.push((outcome.first_position, "lone-1".to_owned(), n));
+            answered.push(append_one(&log, "lone-1", n).await);
         }
         answered.sort();
         let all = read_all(&log, &Source::All, Direction::Forward);
