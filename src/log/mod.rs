@@ -2,12 +2,16 @@
 //!
 //! Appends go through [`Log::append`] to a single writer thread that commits in groups
 //! (`writer`); reads go straight to redb snapshots through [`LogReader`], from any thread.
-//! After each commit the writer publishes the new head on a `watch` channel, which is how
-//! readers that follow the log (live subscriptions, later the projection runners) wake up.
+//! Once a commit is durable the syncer (`sync`) publishes the new head on a `watch` channel,
+//! which is how readers that follow the log (live subscriptions, the projection scheduler)
+//! wake up.
 //!
 //! Invariants:
 //! - positions are 1, 2, 3, … with no gap; a stream's revisions are 0, 1, 2, … with no gap;
-//! - an append is answered only after its transaction committed with fsync;
+//! - an append is answered only after its records are durable (its frame of the write-ahead
+//!   segment fdatasynced, or a redb commit with fsync), and after the head covering it is
+//!   published; reads are bounded by a published head, so no reader sees an event that is not
+//!   durable yet;
 //! - a request that fails a check writes nothing, and does not fail the other requests of its
 //!   group; an event id is stored at most once.
 
@@ -15,6 +19,7 @@ mod codec;
 mod error;
 mod files;
 mod store;
+mod sync;
 mod types;
 mod wal;
 mod writer;

@@ -420,7 +420,13 @@ impl Store {
                     }),
             )
         };
-        if recent.is_empty() && persisted(0..=u64::MAX)?.next().is_none() {
+        // The source exists for this read if its first event is within `until`: one whose
+        // first append is committed but not yet published (durable) does not, yet.
+        let first = match persisted(0..=u64::MAX)?.next().transpose()? {
+            Some((_, first_position, _)) => Some(first_position),
+            None => recent.first().map(|e| e.1),
+        };
+        if first.is_none_or(|p| p > until) {
             return Ok(None);
         }
         let (low, high) = bounds.into_inner();

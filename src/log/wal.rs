@@ -27,6 +27,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The segment's size: how much a group commit may write before a checkpoint. It bounds the
 /// replay after a crash (about 25,000 events of 300 bytes) and the disk space it holds.
@@ -41,7 +42,8 @@ pub fn path_of(log: &Path) -> PathBuf {
 
 /// The open segment, owned by the writer thread.
 pub struct Wal {
-    file: File,
+    /// Shared with the syncer, which fdatasyncs it (`sync`).
+    file: Arc<File>,
     /// Where the next frame goes.
     offset: u64,
     /// The generation the next frames carry: the one redb's last checkpoint named.
@@ -74,7 +76,7 @@ impl Wal {
             }
         }
         Ok(Wal {
-            file,
+            file: Arc::new(file),
             offset: 0,
             generation,
             frame: Vec::new(),
@@ -86,7 +88,8 @@ impl Wal {
         self.offset + (HEADER + payload) as u64 <= CAPACITY
     }
 
-    /// Writes one frame and makes it durable; returns its offset (for [`Wal::retract`]).
+    /// Writes one frame, not yet durable (the syncer fdatasyncs the segment); returns its offset
+    /// (for [`Wal::retract`]).
     pub fn append(&mut self, payload: &[u8]) -> io::Result<u64> {
         debug_assert!(self.fits(payload.len()));
         self.frame.clear();
@@ -100,7 +103,6 @@ impl Wal {
         self.frame.extend_from_slice(payload);
         let at = self.offset;
         self.file.write_all_at(&self.frame, at)?;
-        self.file.sync_data()?;
         self.offset += self.frame.len() as u64;
         Ok(at)
     }
@@ -112,6 +114,11 @@ impl Wal {
         self.file.sync_data()?;
         self.offset = offset;
         Ok(())
+    }
+
+    /// The segment's file, for the syncer.
+    pub fn file(&self) -> Arc<File> {
+        self.file.clone()
     }
 
     /// The generation new frames carry.

@@ -1,10 +1,12 @@
 //! Group commit: the one thread that writes the log.
 //!
 //! Requests queue on a bounded channel. The writer takes whatever is queued (up to a cap),
-//! checks and writes each request in one redb transaction, commits it with fsync once, then
-//! publishes the new head and answers every request. While one commit waits on the disk the
-//! next group gathers, so concurrent appenders share the cost of an fsync without any timer.
-//! When the index tail is full, the next commit also flushes it (see `store`).
+//! checks and writes each request in one redb transaction, writes the group's records to the
+//! write-ahead segment, commits the transaction without fsync, and hands the answers to the
+//! syncer (`sync`), which publishes the new heads and answers once an fdatasync covered the
+//! frame. The fdatasync runs beside the redb commit and the next groups' work, and one
+//! covers every frame written before it began, so concurrent appenders share its cost without
+//! any timer. When the index tail is full, the next commit also flushes it (see `store`).
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -21,6 +23,7 @@ use super::LogHealth;
 use super::error::{AppendError, StorageError};
 use super::files::LogFiles;
 use super::store::{self, Lengths, Store, StreamLengths, WriteTables};
+use super::sync::{self, Syncer};
 use super::types::{AppendOutcome, AppendRequest, Position};
 use super::wal::{self, Wal};
 
@@ -119,6 +122,8 @@ struct Writer {
     wal: Option<Wal>,
     /// The frame being built, kept for its allocation.
     payload: wal::Payload,
+    /// Makes the segment's frames durable and answers the groups waiting on them.
+    sync: Syncer,
 }
 
 /// How a group's transaction is made durable.
@@ -141,6 +146,7 @@ pub fn spawn(
     health: watch::Sender<LogHealth>,
 ) -> std::io::Result<JoinHandle<()>> {
     let mut writer = Writer {
+        sync: Syncer::spawn()?,
         wal: None,
         files,
         heads,
@@ -213,16 +219,15 @@ impl Writer {
             if answers.iter().any(Result::is_ok) {
                 crate::telemetry::group_commit(events);
             }
-            // Publish before answering: whoever holds an answer sees a head that covers it.
-            for state in self.accounts.values() {
-                if *state.head_tx.borrow() != state.head {
-                    state.head_tx.send_replace(state.head);
-                }
-            }
-            for (job, answer) in group.drain(..).zip(answers) {
-                // The appender may have gone away; its events are committed all the same.
-                let _ = job.reply.send(answer);
-            }
+            // The syncer publishes the heads, then answers, once the frames are durable.
+            let heads = self
+                .accounts
+                .values()
+                .filter(|state| *state.head_tx.borrow() < state.head)
+                .map(|state| (state.head_tx.clone(), state.head))
+                .collect();
+            let replies = group.drain(..).map(|job| job.reply).zip(answers).collect();
+            self.sync.hand_over(sync::Group { heads, replies });
         }
         // Closing: flush the tail, so the next open has nothing to rebuild.
         self.commit_group(&[]);
@@ -260,6 +265,14 @@ impl Writer {
     /// request's answer. A storage failure refuses the whole group, which writes nothing,
     /// and an I/O failure reopens the file so the next group can succeed.
     fn commit_group(&mut self, group: &[Job]) -> Answers {
+        if self.sync.has_failed() {
+            // What the failed fdatasync covered may be lost: nothing is built on it until the
+            // reopen's recovery made durable what the segment holds.
+            if let Err(e) = self.sync.drain() {
+                self.failing(&e, "a write to the log failed");
+                let _ = self.reopen();
+            }
+        }
         let outcome = self
             .files
             .current()
@@ -392,7 +405,9 @@ impl Writer {
                 if !logged.is_empty() && logged.len() <= LARGE_GROUP && wal.fits(logged.len()) =>
             {
                 // An error drops `txn`, which writes nothing.
-                Commit::Logged(wal.append(logged).map_err(StorageError::io)?)
+                let at = wal.append(logged).map_err(StorageError::io)?;
+                self.sync.frame_written();
+                Commit::Logged(at)
             }
             _ if logged.is_empty() && !group.is_empty() => Commit::Volatile,
             Some(wal) => Commit::Durable(Some(wal.generation() + 1)),
@@ -442,8 +457,11 @@ impl Writer {
                 unsettled: Some(Box::new(Unsettled { heads, answers })),
             });
         }
-        if let (Commit::Durable(Some(next)), Some(wal)) = (commit, &mut self.wal) {
-            wal.restart(next);
+        if let Commit::Durable(checkpoint) = commit {
+            self.sync.durable();
+            if let (Some(next), Some(wal)) = (checkpoint, &mut self.wal) {
+                wal.restart(next);
+            }
         }
         for (account, partition, head, flushed, appended) in written {
             let did_flush = flushed > 0 || group.is_empty();
@@ -482,6 +500,9 @@ impl Writer {
     /// Reopens the file after a failure and takes the heads and stream lengths from what it
     /// holds. A commit that failed after reaching the disk is found there, not lost.
     fn reopen(&mut self) -> Result<(), StorageError> {
+        // The groups committed before are answered first (a failed fdatasync refuses them; the
+        // caller saw it already), so that the heads published below are the newest.
+        let _ = self.sync.drain();
         let reopened = self.files.reopen().and_then(|(store, lengths)| {
             let heads = self
                 .heads
@@ -497,6 +518,8 @@ impl Writer {
         match reopened {
             Ok((heads, lengths)) => {
                 tracing::info!("the log was reopened");
+                // Its recovery made durable what the segment held: no frame is owed a sync.
+                self.sync.durable();
                 if let Ok(store) = self.files.current() {
                     self.open_wal(&store);
                 }
@@ -525,7 +548,10 @@ impl Writer {
         match &mut self.wal {
             Some(wal) => wal.restart(generation),
             None => match Wal::open(&wal::path_of(self.files.path()), generation) {
-                Ok(wal) => self.wal = Some(wal),
+                Ok(wal) => {
+                    self.sync.set_file(Some(wal.file()));
+                    self.wal = Some(wal);
+                }
                 Err(e) => tracing::warn!(
                     error = %e,
                     "no write-ahead segment: every append commits the log file with fsync"
@@ -547,7 +573,7 @@ impl Writer {
 
 /// What each request of a refused group is told: a full disk and an unavailable log as
 /// themselves, anything else as the failure's text (logged once, above).
-fn refusal(e: &StorageError) -> StorageError {
+pub(super) fn refusal(e: &StorageError) -> StorageError {
     match e {
         StorageError::DiskFull => StorageError::DiskFull,
         StorageError::Unavailable => StorageError::Unavailable,

@@ -214,6 +214,43 @@ async fn a_commit_reported_failed_is_answered_by_what_the_reopened_log_holds() {
     assert_eq!(head, 6 + 200 + u64::from(small_stored) + 2);
 }
 
+/// A failed fdatasync of the write-ahead segment refuses the groups that waited on it (their
+/// records may or may not be found later, like a commit whose fsync failed: the client got a
+/// 500, not a 2xx), and nothing is acknowledged until the writer has reopened the log. What
+/// was acknowledged, before and after, is in the log, gap-free, also after a crash.
+#[tokio::test]
+async fn a_failed_segment_sync_refuses_its_group_and_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let client = client();
+    orders(&client, &server, 0, 3).await;
+    failpoint(&client, &server, "log-sync", "return(eio)").await;
+    for _ in 0..2 {
+        let (status, body) = append_stray(&client, &server).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    }
+    clear_failpoint(&client, &server, "log-sync").await;
+    let head = orders(&client, &server, 3, 3).await;
+    healthy_again(&client, &server).await;
+    let check = |events: Vec<crate::common::LoggedEvent>| {
+        let positions: Vec<u64> = events.iter().map(|e| e.position).collect();
+        assert_eq!(
+            positions,
+            (1..=head).collect::<Vec<_>>(),
+            "gap-free up to the head"
+        );
+        assert!((0..6).all(|n| events.iter().any(|e| e.stream == format!("order-{n}"))));
+        assert!(events.iter().filter(|e| e.stream == "order-x").count() <= 2);
+    };
+    check(log_events(&client, &server).await);
+    server.kill();
+    let server = Server::start(dir.path());
+    check(log_events(&client, &server).await);
+    let (status, body) = append_stray(&client, &server).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["first_position"].as_u64(), Some(head + 1));
+}
+
 #[tokio::test]
 async fn a_dead_log_writer_makes_health_failing_and_appends_503() {
     let dir = tempfile::tempdir().unwrap();
