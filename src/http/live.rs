@@ -259,6 +259,12 @@ fn start_at(
 ) -> Result<u64, ApiError> {
     match (source, last_seen, from) {
         (Source::Stream(_), Some(0), _) => Ok(0),
+        // No client has seen a position past the head (and u64::MAX + 1 would wrap); the log
+        // may hold events past it that are not durable yet, which no reader is shown.
+        (_, Some(position), _) if position > head => Err(ApiError::bad_request(
+            "invalid_last_event_id",
+            format!("Last-Event-ID {position} is past the head of the log ({head})"),
+        )),
         (Source::Stream(name), Some(position), _) => match reader.locate(position)? {
             Some((stream, revision)) if stream == name.as_str() => Ok(revision + 1),
             _ => Err(ApiError::bad_request(
@@ -268,11 +274,6 @@ fn start_at(
                 ),
             )),
         },
-        // No client has seen a position past the head (and u64::MAX + 1 would wrap).
-        (_, Some(position), _) if position > head => Err(ApiError::bad_request(
-            "invalid_last_event_id",
-            format!("Last-Event-ID {position} is past the head of the log ({head})"),
-        )),
         (_, Some(position), _) => Ok(position + 1),
         (_, None, Some(from)) => Ok(from),
         (Source::Stream(_), None, None) => Ok(reader
