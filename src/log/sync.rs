@@ -13,7 +13,8 @@
 //!   handed over is durable: its own, and those whose events its answers may name (an
 //!   idempotent retry answers with an earlier group's positions). A durable redb commit makes
 //!   every frame written before it durable too ([`Syncer::durable`]);
-//! - groups are answered in the order they were handed over, and heads only move forward;
+//! - groups become answerable in the order they were handed over; each group's heads are
+//!   published before its answers are sent, and heads only move forward;
 //! - after a failed fdatasync nothing is answered as written: every waiting group, and every
 //!   group handed over after it, is refused, until the writer has taken the failure
 //!   ([`Syncer::drain`]) and reopened the log, whose recovery checkpoints what the segment
@@ -68,6 +69,8 @@ struct State {
     /// durable redb commit.
     synced: u64,
     syncing: bool,
+    /// The syncer is sending answers it took from `waiting` (outside the lock).
+    answering: bool,
     /// Groups handed over, in order, each with the frame count it needs durable.
     waiting: VecDeque<(u64, Group)>,
     /// Set by a failed fdatasync; taken by the writer in [`Syncer::drain`].
@@ -146,11 +149,12 @@ impl Syncer {
         self.shared.state.lock().failed.is_some()
     }
 
-    /// Waits until every group handed over is answered and no fdatasync is under way; returns
-    /// the failure of an fdatasync since the last drain, if any (its groups were refused).
+    /// Waits until every group handed over is answered (or refused) and no fdatasync is under
+    /// way; returns the failure of an fdatasync since the last drain, if any (its groups were
+    /// refused).
     pub fn drain(&self) -> Result<(), StorageError> {
         let mut state = self.shared.state.lock();
-        while !state.waiting.is_empty() || state.syncing {
+        while !state.waiting.is_empty() || state.syncing || state.answering {
             self.shared.idle.wait(&mut state);
         }
         state.failed.take().map_or(Ok(()), Err)
@@ -175,9 +179,11 @@ impl Shared {
         let mut state = self.state.lock();
         loop {
             if let Some((groups, failed)) = state.ready() {
+                state.answering = true;
                 drop(state);
                 answer(groups, failed);
                 state = self.state.lock();
+                state.answering = false;
                 self.idle.notify_all();
                 continue;
             }
