@@ -1,4 +1,7 @@
 //! A turn's commits, made on a thread of their own while the guest applies the next batches.
+//! The thread is started for the first set that something may overlap: a set that reaches the
+//! head (or the turn's end) before any was handed over, the common turn of a projection that
+//! follows the log, is committed on the worker's own thread, so such a turn starts no thread.
 //!
 //! A serving version commits each batch, so that its queries see a catch-up move at once. A
 //! building version (a rebuild), which nothing queries until it is swapped in, merges its
@@ -59,7 +62,9 @@ struct Done {
     fault: Mutex<Option<Duration>>,
 }
 
-pub(super) struct Commits<'scope> {
+pub(super) struct Commits<'scope, 'env: 'scope> {
+    scope: &'scope Scope<'scope, 'env>,
+    slot: &'scope Slot,
     /// The checkpoint of the last batch added.
     position: Position,
     open: Option<Open>,
@@ -71,39 +76,60 @@ pub(super) struct Commits<'scope> {
     target: usize,
     /// Whether sets grow: only for a building version.
     merge: bool,
-    sender: Option<SyncSender<Sealed>>,
-    thread: Option<ScopedJoinHandle<'scope, ()>>,
+    /// The commit thread and its queue, once started; `Closed` after `finish`.
+    thread: CommitThread<'scope>,
     done: Arc<Done>,
 }
 
-impl<'scope> Commits<'scope> {
-    pub(super) fn start<'env>(scope: &'scope Scope<'scope, 'env>, slot: &'scope Slot) -> Self {
-        // One set queued while another commits: the guest waits rather than outrun the
-        // commits by more than that.
-        let (sender, receiver) = sync_channel::<Sealed>(1);
-        let done = Arc::new(Done::default());
-        let reported = done.clone();
-        let thread = scope.spawn(move || {
-            for set in receiver {
-                if let Next::Faulted(backoff) =
-                    slot.commit(&set.changes, set.checkpoint, set.applied)
-                {
-                    *reported.fault.lock() = Some(backoff);
-                    return;
-                }
-                reported.count.fetch_add(1, Ordering::Release);
-            }
-        });
+enum CommitThread<'scope> {
+    NotStarted,
+    Running {
+        sender: SyncSender<Sealed>,
+        handle: ScopedJoinHandle<'scope, ()>,
+    },
+    Closed,
+}
+
+impl<'scope, 'env> Commits<'scope, 'env> {
+    pub(super) fn start(scope: &'scope Scope<'scope, 'env>, slot: &'scope Slot) -> Self {
         Commits {
+            scope,
+            slot,
             position: slot.checkpoint(),
             open: None,
             in_flight: VecDeque::new(),
             retired: 0,
             target: 1,
             merge: slot.role() == Role::Building,
-            sender: Some(sender),
-            thread: Some(thread),
-            done,
+            thread: CommitThread::NotStarted,
+            done: Arc::new(Done::default()),
+        }
+    }
+
+    /// The commit thread's queue, the thread started on first use. Owned by the turn's scope:
+    /// it stops when the queue closes (`finish`) or a commit fails.
+    fn queue(&mut self) -> Option<&SyncSender<Sealed>> {
+        if let CommitThread::NotStarted = self.thread {
+            // One set queued while another commits: the guest waits rather than outrun the
+            // commits by more than that.
+            let (sender, receiver) = sync_channel::<Sealed>(1);
+            let (reported, slot) = (self.done.clone(), self.slot);
+            let handle = self.scope.spawn(move || {
+                for set in receiver {
+                    if let Next::Faulted(backoff) =
+                        slot.commit(&set.changes, set.checkpoint, set.applied)
+                    {
+                        *reported.fault.lock() = Some(backoff);
+                        return;
+                    }
+                    reported.count.fetch_add(1, Ordering::Release);
+                }
+            });
+            self.thread = CommitThread::Running { sender, handle };
+        }
+        match &self.thread {
+            CommitThread::Running { sender, .. } => Some(sender),
+            _ => None,
         }
     }
 
@@ -182,34 +208,54 @@ impl<'scope> Commits<'scope> {
             // Sets shrink on the way to the head, so that the last one, which nothing
             // overlaps, commits quickly.
             || open.applied as u64 >= head.saturating_sub(open.checkpoint);
+        let last = open.checkpoint >= head;
         if due {
-            self.seal();
+            self.seal(last);
             if self.merge {
                 self.target = (self.target * 2).min(MERGE_EVENTS);
             }
         }
     }
 
-    fn seal(&mut self) {
-        let (Some(open), Some(sender)) = (self.open.take(), &self.sender) else {
+    /// Hands the open set to the commit thread; `last` when nothing applied after it can
+    /// overlap its commit (it reaches the head, or the turn ends), so that, with no thread
+    /// started yet, it is committed here instead.
+    fn seal(&mut self, last: bool) {
+        let Some(open) = self.open.take() else {
             return;
         };
-        self.in_flight.push_back(open.changes.clone());
+        if last && matches!(self.thread, CommitThread::NotStarted) {
+            // After a failed commit nothing more is committed.
+            let failed = self.done.fault.lock().is_some();
+            if !failed
+                && let Next::Faulted(backoff) =
+                    self.slot
+                        .commit(&open.changes, open.checkpoint, open.applied)
+            {
+                *self.done.fault.lock() = Some(backoff);
+            }
+            return;
+        }
+        let changes = open.changes.clone();
+        let Some(sender) = self.queue() else { return };
         // A closed channel means the thread stopped on a fault, which `finish` reports.
         let _ = sender.send(Sealed {
             changes: open.changes,
             checkpoint: open.checkpoint,
             applied: open.applied,
         });
+        self.in_flight.push_back(changes);
     }
 
     /// Commits everything applied and waits for it; `Err` holds the fault of a failed commit.
     pub(super) fn finish(&mut self) -> Result<(), Next> {
-        self.seal();
-        self.sender = None;
-        if let Some(thread) = self.thread.take() {
+        self.seal(true);
+        if let CommitThread::Running { sender, handle } =
+            std::mem::replace(&mut self.thread, CommitThread::Closed)
+        {
+            drop(sender);
             // A panic on the commit thread is the turn's panic (caught around the turn).
-            if let Err(panic) = thread.join() {
+            if let Err(panic) = handle.join() {
                 std::panic::resume_unwind(panic);
             }
         }

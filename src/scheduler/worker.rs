@@ -160,7 +160,7 @@ impl Shared {
         &'scope self,
         scope: &'scope std::thread::Scope<'scope, '_>,
         slot: &'scope Slot,
-        commits: &mut Commits<'scope>,
+        commits: &mut Commits<'scope, '_>,
     ) -> TurnEnd {
         let started = Instant::now();
         let labels = slot.labels();
@@ -195,18 +195,22 @@ impl Shared {
                 Ok(reader) => reader,
                 Err(e) => return TurnEnd::host_fault(after, e),
             };
+            // The next batch is read meanwhile, if there is one (a turn that follows the log
+            // usually has none, and starts no helper).
             let next_after = batch.checkpoint;
             let helper =
-                scope.spawn(move || (next_after < head).then(|| self.read(slot, next_after, head)));
+                (next_after < head).then(|| scope.spawn(move || self.read(slot, next_after, head)));
             let applying = Instant::now();
             let outcome = slot.code.apply(&batch.frame, batch.events.len(), reader);
             if let Ok(applied) = &outcome {
                 labels.batch(batch.events.len(), applying.elapsed(), applied.fuel);
             }
             // A panic on the helper is the turn's panic (caught around the turn).
-            let ahead = helper
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            let ahead = helper.map(|helper| {
+                helper
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            });
             match outcome {
                 Ok(applied) => {
                     commits.add(applied.changes, batch.checkpoint, batch.events.len(), head);
