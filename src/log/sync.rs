@@ -111,9 +111,9 @@ impl Syncer {
         })
     }
 
-    /// The segment frames are written to from now on (a new segment, or none).
-    pub fn set_file(&self, file: Option<Arc<File>>) {
-        self.shared.state.lock().file = file;
+    /// The segment frames are written to from now on.
+    pub fn set_file(&self, file: Arc<File>) {
+        self.shared.state.lock().file = Some(file);
     }
 
     /// A frame was written to the segment: the syncer makes it durable.
@@ -280,7 +280,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = File::create(dir.path().join("segment")).unwrap();
         let syncer = Syncer::spawn().unwrap();
-        syncer.set_file(Some(Arc::new(file)));
+        syncer.set_file(Arc::new(file));
         let head = Arc::new(watch::channel(0).0);
         let watcher = head.subscribe();
         let answers: Vec<_> = (1..=200)
@@ -314,9 +314,7 @@ mod tests {
         let mut second = group(&syncer, &head, 2);
         assert!(second.try_recv().unwrap().is_ok());
         // Frames waiting on an fdatasync: drain returns once they are answered.
-        syncer.set_file(Some(Arc::new(
-            File::create(dir.path().join("segment")).unwrap(),
-        )));
+        syncer.set_file(Arc::new(File::create(dir.path().join("segment")).unwrap()));
         let later: Vec<_> = (3..=20)
             .map(|position| {
                 syncer.frame_written();

@@ -549,7 +549,7 @@ impl Writer {
             Some(wal) => wal.restart(generation),
             None => match Wal::open(&wal::path_of(self.files.path()), generation) {
                 Ok(wal) => {
-                    self.sync.set_file(Some(wal.file()));
+                    self.sync.set_file(wal.file());
                     self.wal = Some(wal);
                 }
                 Err(e) => tracing::warn!(

@@ -38,6 +38,22 @@ async fn append_stray(client: &reqwest::Client, server: &Server) -> (StatusCode,
     append(client, server, "order-x", None, &json!([order_placed(99)])).await
 }
 
+/// Checks the log with `check`, kills the server (a crash), restarts it on the same data and
+/// checks again: what the log held before the crash is what it holds after. Returns the
+/// restarted server.
+async fn check_across_a_crash(
+    dir: &std::path::Path,
+    client: &reqwest::Client,
+    server: Server,
+    check: impl Fn(Vec<crate::common::LoggedEvent>),
+) -> Server {
+    check(log_events(client, &server).await);
+    server.kill();
+    let server = Server::start(dir);
+    check(log_events(client, &server).await);
+    server
+}
+
 /// Waits until every example has applied `head`.
 async fn all_caught_up(client: &reqwest::Client, server: &Server, head: u64) {
     for name in EXAMPLES {
@@ -157,11 +173,8 @@ async fn a_group_refused_after_its_frame_was_written_stays_refused_across_a_cras
         assert!(events.iter().all(|e| e.stream != "order-x"));
         assert!((0..6).all(|n| events.iter().any(|e| e.stream == format!("order-{n}"))));
     };
-    check(log_events(&client, &server).await);
-    // A crash now: the segment holds the acknowledged groups since the reopen, not the refused one.
-    server.kill();
-    let server = Server::start(dir.path());
-    check(log_events(&client, &server).await);
+    // A crash: the segment holds the acknowledged groups since the reopen, not the refused one.
+    let server = check_across_a_crash(dir.path(), &client, server, check).await;
     let (status, body) = append_stray(&client, &server).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["first_position"].as_u64(), Some(head + 1));
@@ -206,10 +219,7 @@ async fn a_commit_reported_failed_is_answered_by_what_the_reopened_log_holds() {
         positions.dedup();
         assert_eq!(positions, (1..=events.len() as u64).collect::<Vec<_>>());
     };
-    check(log_events(&client, &server).await);
-    server.kill();
-    let server = Server::start(dir.path());
-    check(log_events(&client, &server).await);
+    let server = check_across_a_crash(dir.path(), &client, server, check).await;
     let head = orders(&client, &server, 3, 1).await;
     assert_eq!(head, 6 + 200 + u64::from(small_stored) + 2);
 }
@@ -242,10 +252,7 @@ async fn a_failed_segment_sync_refuses_its_group_and_loses_nothing_acknowledged(
         assert!((0..6).all(|n| events.iter().any(|e| e.stream == format!("order-{n}"))));
         assert!(events.iter().filter(|e| e.stream == "order-x").count() <= 2);
     };
-    check(log_events(&client, &server).await);
-    server.kill();
-    let server = Server::start(dir.path());
-    check(log_events(&client, &server).await);
+    let server = check_across_a_crash(dir.path(), &client, server, check).await;
     let (status, body) = append_stray(&client, &server).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["first_position"].as_u64(), Some(head + 1));
