@@ -11,6 +11,7 @@
 
 mod cache;
 mod guest;
+mod pool;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -25,6 +26,7 @@ use wasmtime::{Config, Engine, Store, Trap};
 
 use cache::{Cache, FunctionCache};
 use guest::{GuestState, bindings};
+use pool::Slots;
 
 pub use guest::ViewReader;
 pub use projector_sdk::Subscription;
@@ -176,6 +178,8 @@ pub struct Runtime {
     linker: Linker<GuestState>,
     cache: Cache,
     limits: Limits,
+    /// Permits for the engine's pool of instance slots, shared with every [`Code`].
+    slots: Arc<Slots>,
     ticker: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
     /// Jobs for the compiler thread ("wasm-compiler"), which the runtime owns: dropping the
     /// runtime drops this sender, which ends the thread once its job in hand is done, and
@@ -193,7 +197,8 @@ impl Runtime {
             .concurrency_support(false)
             .consume_fuel(true)
             .epoch_interruption(true)
-            .cranelift_nan_canonicalization(true);
+            .cranelift_nan_canonicalization(true)
+            .allocation_strategy(pool::strategy());
         std::fs::create_dir_all(cache_dir).map_err(|e| EngineError(e.to_string()))?;
         let functions = match FunctionCache::open(cache_dir) {
             Ok(functions) => {
@@ -240,6 +245,7 @@ impl Runtime {
             cache,
             linker,
             limits,
+            slots: Arc::new(Slots::new()),
             ticker: Some((stop, ticker)),
             compiler: parking_lot::Mutex::new(Some(compiler)),
             compiler_thread: Some(compiler_thread),
@@ -272,6 +278,7 @@ impl Runtime {
             name: name.to_owned(),
             hash,
             pre,
+            slots: self.slots.clone(),
             limits: self.limits.clone(),
             subscription: Subscription::all(),
         };
@@ -352,6 +359,8 @@ pub struct Code {
     name: String,
     hash: VersionHash,
     pre: bindings::ProjectionPre<GuestState>,
+    /// The engine's permits for instance slots: one is held while a store lives.
+    slots: Arc<Slots>,
     limits: Limits,
     subscription: Subscription,
 }
@@ -385,6 +394,7 @@ impl Code {
             .limits
             .fuel_base
             .saturating_add(self.limits.fuel_per_event.saturating_mul(events as u64));
+        let _permit = self.slots.acquire();
         let mut store = self.store(reader, fuel);
         let result = self
             .pre
@@ -405,6 +415,7 @@ impl Code {
     }
 
     fn call_subscription(&self) -> Result<Subscription, Fault> {
+        let _permit = self.slots.acquire();
         let mut store = self.store(Box::new(guest::EmptyView), self.limits.fuel_base);
         let result = self
             .pre

@@ -134,3 +134,30 @@ fn files_that_are_not_components_are_refused() {
         }
     }
 }
+
+#[test]
+fn more_batches_at_once_than_the_pool_has_slots_all_run_alike() {
+    let (_dir, runtime) = runtime(Limits::default());
+    let code = runtime.load("stats", &guest("stream_stats")).unwrap();
+    let events = [("order-1", "A", "{}"), ("order-2", "B", "{}")];
+    let framed = batch(&events);
+    let run = || {
+        let view = MapView(Arc::new(Mutex::new(HashMap::new())));
+        let applied = code.apply(&framed, events.len(), Box::new(view)).unwrap();
+        let mut changes: Vec<_> = applied.changes.into_iter().collect();
+        changes.sort();
+        changes
+    };
+    let expected = run();
+    assert!(expected.iter().any(|(key, _)| key == "stream/order-2"));
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..pool::INSTANCES * 2)
+            .map(|_| scope.spawn(|| (0..4).map(|_| run()).collect::<Vec<_>>()))
+            .collect();
+        for thread in threads {
+            for changes in thread.join().unwrap() {
+                assert_eq!(changes, expected);
+            }
+        }
+    });
+}
