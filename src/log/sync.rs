@@ -18,7 +18,8 @@
 //! - after a failed fdatasync nothing is answered as written: every waiting group, and every
 //!   group handed over after it, is refused, until the writer has taken the failure
 //!   ([`Syncer::drain`]) and reopened the log, whose recovery checkpoints what the segment
-//!   holds.
+//!   holds. The failure unparks the writer's thread ([`Syncer::wake_on_failure`]), so that
+//!   the reopen, and the health it reports, do not wait for the next append.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -75,6 +76,8 @@ struct State {
     waiting: VecDeque<(u64, Group)>,
     /// Set by a failed fdatasync; taken by the writer in [`Syncer::drain`].
     failed: Option<StorageError>,
+    /// The writer's thread, unparked when `failed` is set.
+    writer: Option<std::thread::Thread>,
     closing: bool,
 }
 
@@ -144,6 +147,12 @@ impl Syncer {
         self.shared.work.notify_one();
     }
 
+    /// Unparks `writer` (the writer's thread) when an fdatasync fails, so that an idle writer
+    /// takes the failure without waiting for an append.
+    pub fn wake_on_failure(&self, writer: std::thread::Thread) {
+        self.shared.state.lock().writer = Some(writer);
+    }
+
     /// Whether an fdatasync failed and the failure was not taken yet.
     pub fn has_failed(&self) -> bool {
         self.shared.state.lock().failed.is_some()
@@ -209,6 +218,9 @@ impl Shared {
                         let e = StorageError::io(e).classify();
                         tracing::error!(error = %e, "the write-ahead segment's fdatasync failed");
                         state.failed = Some(e);
+                        if let Some(writer) = &state.writer {
+                            writer.unpark();
+                        }
                     }
                 }
                 self.idle.notify_all();

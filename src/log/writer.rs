@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -97,6 +98,19 @@ impl Heads {
             .iter()
             .map(|(a, s)| (a.clone(), s.clone()))
             .collect()
+    }
+}
+
+/// Wakes a parked thread.
+struct Unpark(std::thread::Thread);
+
+impl Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
     }
 }
 
@@ -187,8 +201,12 @@ impl Writer {
 
     fn run(&mut self, jobs: &mut mpsc::Receiver<Job>) {
         let mut group = Vec::new();
+        // The writer waits for jobs by parking this thread: the channel and the syncer unpark it.
+        let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+        let mut cx = Context::from_waker(&waker);
+        self.sync.wake_on_failure(std::thread::current());
         loop {
-            let Some(job) = self.next_job(jobs) else {
+            let Some(job) = self.next_job(jobs, &mut cx) else {
                 break;
             };
             let mut events = job.request.events.len();
@@ -236,28 +254,44 @@ impl Writer {
     /// The next job. While the log is failing (a full disk, a closed file), it also retries
     /// every [`REOPEN_EVERY`] on its own: it reopens the file, or commits an empty group (which
     /// flushes the index tail) to find out whether the disk has room again, so that health
-    /// recovers without an append to prompt it.
-    fn next_job(&mut self, jobs: &mut mpsc::Receiver<Job>) -> Option<Job> {
-        while *self.health.borrow() != LogHealth::Ok {
-            let deadline = std::time::Instant::now() + REOPEN_EVERY;
-            loop {
-                match jobs.try_recv() {
-                    Ok(job) => return Some(job),
-                    Err(mpsc::error::TryRecvError::Disconnected) => return None,
-                    Err(mpsc::error::TryRecvError::Empty) => {}
+    /// recovers without an append to prompt it. While idle and healthy it also wakes when the
+    /// syncer's fdatasync fails, and takes the failure at once (the reopen), so that health
+    /// shows a log that cannot be reopened without an append to prompt it either.
+    fn next_job(&mut self, jobs: &mut mpsc::Receiver<Job>, cx: &mut Context<'_>) -> Option<Job> {
+        loop {
+            while *self.health.borrow() != LogHealth::Ok {
+                let deadline = std::time::Instant::now() + REOPEN_EVERY;
+                loop {
+                    match jobs.try_recv() {
+                        Ok(job) => return Some(job),
+                        Err(mpsc::error::TryRecvError::Disconnected) => return None,
+                        Err(mpsc::error::TryRecvError::Empty) => {}
+                    }
+                    if std::time::Instant::now() >= deadline {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
                 }
-                if std::time::Instant::now() >= deadline {
+                if !self.files.is_open() {
+                    let _ = self.reopen();
+                } else {
+                    self.commit_group(&[]);
+                }
+            }
+            // Parks until a job comes (the channel's waker unparks this thread) or the syncer
+            // fails (it unparks this thread too); a spurious wake-up just looks again.
+            loop {
+                if let Poll::Ready(job) = jobs.poll_recv(cx) {
+                    return job;
+                }
+                if self.sync.has_failed() {
+                    // Drains the syncer, reports the failure and reopens (see `commit_group`).
+                    self.commit_group(&[]);
                     break;
                 }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if !self.files.is_open() {
-                let _ = self.reopen();
-            } else {
-                self.commit_group(&[]);
+                std::thread::park();
             }
         }
-        jobs.blocking_recv()
     }
 
     /// Writes and commits one group (flushing the index tail when it is full, or when the

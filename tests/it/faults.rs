@@ -259,6 +259,38 @@ async fn a_failed_segment_sync_refuses_its_group_and_loses_nothing_acknowledged(
 }
 
 #[tokio::test]
+async fn a_failed_segment_sync_shows_on_health_without_another_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let client = client();
+    orders(&client, &server, 0, 2).await;
+    // The next fdatasync fails, and the log cannot be reopened until the disk is back.
+    failpoint(&client, &server, "log-reopen", "return(eio)").await;
+    failpoint(&client, &server, "log-sync", "1*return(eio)").await;
+    let (status, body) = append_stray(&client, &server).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    // No append follows: health says so on its own, and recovers on its own.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let health = loop {
+        let (status, health) = get_json(&client, &server.url("/health")).await;
+        if status != StatusCode::OK {
+            break health;
+        }
+        assert!(Instant::now() < deadline, "health stayed ok: {health}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert!(health["reason"].as_str().is_some(), "{health}");
+    clear_failpoint(&client, &server, "log-reopen").await;
+    healthy_again(&client, &server).await;
+    let head = orders(&client, &server, 2, 2).await;
+    let events = log_events(&client, &server).await;
+    let positions: Vec<u64> = events.iter().map(|e| e.position).collect();
+    assert_eq!(positions, (1..=head).collect::<Vec<_>>(), "gap-free");
+    assert!((0..4).all(|n| events.iter().any(|e| e.stream == format!("order-{n}"))));
+}
+
+#[tokio::test]
 async fn a_dead_log_writer_makes_health_failing_and_appends_503() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
