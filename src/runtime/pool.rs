@@ -32,7 +32,7 @@ const TABLE_ELEMENTS: usize = 1 << 20;
 /// Bytes of each linear memory reset in place rather than given back to the kernel. Only
 /// pages an instance wrote are copied back (Linux scans the page table for them), so a slot
 /// costs resident memory in proportion to what its guest touches, not this figure.
-pub const KEEP_RESIDENT: usize = 8 << 20;
+pub const KEEP_RESIDENT: usize = 4 << 20;
 
 /// The pooling allocator's settings.
 pub fn strategy() -> InstanceAllocationStrategy {
