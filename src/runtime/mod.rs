@@ -2,9 +2,9 @@
 //!
 //! It compiles projection components (off the reactor, cached on disk by content hash), checks
 //! them against the WIT world in `sdk/wit`, and runs one batch at a time in a fresh instance
-//! (from a pool of slots reset in place, `pool.rs`) under limits: fuel proportional to the batch (deterministic, so a runaway batch fails the
-//! same way on every replay), an epoch deadline as the wall-clock backstop, a memory cap, and
-//! a cap on the bytes a batch writes. Guests get WASI only as far as a `wasm32-wasip2`
+//! (from a pool of slots reset in place, `pool.rs`) under limits: fuel proportional to the
+//! batch (deterministic, so a runaway batch fails the same way on every replay), an epoch
+//! deadline as the wall-clock backstop, a memory cap, and a cap on the bytes a batch writes. Guests get WASI only as far as a `wasm32-wasip2`
 //! component needs to instantiate: no files, network or environment; the clocks stand still
 //! and randomness is a fixed sequence, so a view stays a pure function of the events; what
 //! they print becomes log lines tagged with the projection.
