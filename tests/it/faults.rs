@@ -70,9 +70,18 @@ async fn settled(client: &reqwest::Client, server: &Server, head: u64) {
 /// Waits until `/health` answers 200 again after a log failure (the writer probes the disk
 /// on its own).
 async fn healthy_again(client: &reqwest::Client, server: &Server) {
+    health_until(client, server, true, "health did not recover").await;
+}
+
+/// Polls `/health` for up to 10 s until whether it answers 200 is `ok`; returns its body.
+async fn health_until(client: &reqwest::Client, server: &Server, ok: bool, why: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while get_json(client, &server.url("/health")).await.0 != StatusCode::OK {
-        assert!(Instant::now() < deadline, "health did not recover");
+    loop {
+        let (status, health) = get_json(client, &server.url("/health")).await;
+        if (status == StatusCode::OK) == ok {
+            return health;
+        }
+        assert!(Instant::now() < deadline, "{why}: {health}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -270,15 +279,7 @@ async fn a_failed_segment_sync_shows_on_health_without_another_append() {
     let (status, body) = append_stray(&client, &server).await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
     // No append follows: health says so on its own, and recovers on its own.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let health = loop {
-        let (status, health) = get_json(&client, &server.url("/health")).await;
-        if status != StatusCode::OK {
-            break health;
-        }
-        assert!(Instant::now() < deadline, "health stayed ok: {health}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let health = health_until(&client, &server, false, "health stayed ok").await;
     assert_eq!(health["status"], "degraded", "{health}");
     assert!(health["reason"].as_str().is_some(), "{health}");
     clear_failpoint(&client, &server, "log-reopen").await;
