@@ -13,7 +13,7 @@
 use uuid::Uuid;
 
 use super::error::StorageError;
-use super::types::{NewEvent, Position, RecordedEvent};
+use super::types::{EventRef, NewEvent, Position};
 
 const FORMAT: u8 = 1;
 
@@ -37,8 +37,8 @@ pub fn encode(out: &mut Vec<u8>, stream: &str, revision: u64, recorded_at: u64, 
     out.extend_from_slice(metadata);
 }
 
-/// Decodes the record stored at `position`.
-pub fn decode(position: Position, bytes: &[u8]) -> Result<RecordedEvent, StorageError> {
+/// Decodes the record stored at `position`, borrowing its strings and payloads from `bytes`.
+pub fn decode(position: Position, bytes: &[u8]) -> Result<EventRef<'_>, StorageError> {
     let corrupt = |reason| StorageError::Corrupt { position, reason };
     let mut r = Reader(bytes);
     if r.take(1).ok_or_else(|| corrupt("empty record"))?[0] != FORMAT {
@@ -50,12 +50,12 @@ pub fn decode(position: Position, bytes: &[u8]) -> Result<RecordedEvent, Storage
     let id = Uuid::from_slice(r.take(16).ok_or_else(truncated)?).map_err(|_| truncated())?;
     let stream = r.string(2).ok_or_else(truncated)?;
     let event_type = r.string(2).ok_or_else(truncated)?;
-    let data = r.bytes(4).ok_or_else(truncated)?.to_vec();
-    let metadata = r.bytes(4).ok_or_else(truncated)?.to_vec();
+    let data = r.bytes(4).ok_or_else(truncated)?;
+    let metadata = r.bytes(4).ok_or_else(truncated)?;
     if !r.0.is_empty() {
         return Err(corrupt("trailing bytes"));
     }
-    Ok(RecordedEvent {
+    Ok(EventRef {
         position,
         stream: stream.map_err(|_| corrupt("stream name is not UTF-8"))?,
         revision,
@@ -105,8 +105,8 @@ impl<'a> Reader<'a> {
         self.take(u32::from_le_bytes(len) as usize)
     }
 
-    fn string(&mut self, width: usize) -> Option<Result<String, std::str::Utf8Error>> {
-        Some(std::str::from_utf8(self.bytes(width)?).map(str::to_owned))
+    fn string(&mut self, width: usize) -> Option<Result<&'a str, std::str::Utf8Error>> {
+        Some(std::str::from_utf8(self.bytes(width)?))
     }
 }
 
@@ -115,7 +115,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::log::types::{EventId, JsonPayload};
+    use crate::log::types::{EventId, JsonPayload, RecordedEvent};
 
     proptest! {
         #[test]
@@ -137,7 +137,7 @@ mod tests {
             };
             let mut bytes = Vec::new();
             encode(&mut bytes, &stream, revision, recorded_at, &event);
-            let decoded = decode(position, &bytes).unwrap();
+            let decoded = decode(position, &bytes).unwrap().to_owned();
             prop_assert_eq!(decode_stream_and_revision(position, &bytes).unwrap(), (stream.as_str(), revision));
             prop_assert_eq!(decoded, RecordedEvent {
                 position, stream, revision, event_type,

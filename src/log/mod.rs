@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use error::{AppendError, InvalidAppend, StorageError, is_disk_full};
 pub use types::{
-    AppendOutcome, AppendRequest, Direction, EventId, ExpectedRevision, JsonPayload,
+    AppendOutcome, AppendRequest, Direction, EventId, EventRef, ExpectedRevision, JsonPayload,
     MAX_EVENT_BYTES, MAX_EVENT_TYPE_BYTES, MAX_EVENTS_PER_APPEND, MAX_JSON_DEPTH,
     MAX_STREAM_NAME_BYTES, NewEvent, Position, RecordedEvent, Source, StreamName,
 };
@@ -280,28 +280,46 @@ impl LogReader {
         &self,
         source: &Source,
         after: Position,
-        (limit, max_bytes): (usize, usize),
+        limits: (usize, usize),
         until: Position,
     ) -> Result<Vec<RecordedEvent>, StorageError> {
+        let mut out = Vec::new();
+        self.visit_after(source, after, limits, until, &mut |e| {
+            out.push(e.to_owned());
+            true
+        })?;
+        Ok(out)
+    }
+
+    /// What [`LogReader::read_after`] reads, handed to `each` in order, borrowing the stored
+    /// bytes (nothing allocated per event); `each` returns false to stop early.
+    pub fn visit_after(
+        &self,
+        source: &Source,
+        after: Position,
+        (limit, max_bytes): (usize, usize),
+        until: Position,
+        each: &mut dyn FnMut(EventRef<'_>) -> bool,
+    ) -> Result<(), StorageError> {
         let store = self.files.current()?;
         let partition = self.partition(&store)?;
         let from = match source {
             Source::Stream(name) => match store.revision_after(&partition, name, after)? {
                 Some(revision) => revision,
-                None => return Ok(Vec::new()),
+                None => return Ok(()),
             },
             Source::All | Source::Category(_) => after + 1,
         };
-        Ok(store
-            .read(
-                &partition,
-                source,
-                Some(from),
-                Direction::Forward,
-                (limit, max_bytes),
-                until,
-            )?
-            .unwrap_or_default())
+        store.visit(
+            &partition,
+            source,
+            Some(from),
+            Direction::Forward,
+            (limit, max_bytes),
+            until,
+            each,
+        )?;
+        Ok(())
     }
 
     /// The stream name and revision of the event at `position`.

@@ -45,8 +45,8 @@ use uuid::Uuid;
 use super::codec;
 use super::error::{AppendError, StorageError};
 use super::types::{
-    AppendOutcome, AppendRequest, Direction, EventId, Position, RecordedEvent, Source, StreamName,
-    category_of,
+    AppendOutcome, AppendRequest, Direction, EventId, EventRef, Position, RecordedEvent, Source,
+    StreamName, category_of,
 };
 use super::wal;
 
@@ -386,18 +386,54 @@ impl Store {
         source: &Source,
         from: Option<u64>,
         direction: Direction,
-        (limit, max_bytes): (usize, usize),
+        limits: (usize, usize),
         until: Position,
     ) -> Result<Option<Vec<RecordedEvent>>, StorageError> {
+        let mut out = Vec::new();
+        let found = self.visit(
+            partition,
+            source,
+            from,
+            direction,
+            limits,
+            until,
+            &mut |e| {
+                out.push(e.to_owned());
+                true
+            },
+        )?;
+        Ok(found.then_some(out))
+    }
+
+    /// What [`Store::read`] reads, handed to `each` in order as it is found, borrowing the
+    /// stored bytes (nothing is allocated per event); `each` returns false to stop. Returns
+    /// whether the source has any event (`read`'s `Some`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn visit(
+        &self,
+        partition: &Partition,
+        source: &Source,
+        from: Option<u64>,
+        direction: Direction,
+        (limit, max_bytes): (usize, usize),
+        until: Position,
+        each: &mut dyn FnMut(EventRef<'_>) -> bool,
+    ) -> Result<bool, StorageError> {
         let bounds = match direction {
             Direction::Forward => from.unwrap_or(0)..=u64::MAX,
             Direction::Backward => 0..=from.unwrap_or(u64::MAX),
         };
         let (table, name) = match source {
             Source::All => {
-                return self
-                    .read_all(partition, bounds, direction, (limit, max_bytes), until)
-                    .map(Some);
+                self.visit_all(
+                    partition,
+                    bounds,
+                    direction,
+                    (limit, max_bytes),
+                    until,
+                    each,
+                )?;
+                return Ok(true);
             }
             Source::Stream(name) => (partition.tables.streams(), name.as_str()),
             Source::Category(name) => (partition.tables.categories(), name.as_str()),
@@ -427,7 +463,7 @@ impl Store {
             None => recent.first().map(|e| e.1),
         };
         if first.is_none_or(|p| p > until) {
-            return Ok(None);
+            return Ok(false);
         }
         let (low, high) = bounds.into_inner();
         let mut positions = Vec::new();
@@ -483,7 +519,6 @@ impl Store {
             }
         }
         let events = txn.open_table(partition.tables.events())?;
-        let mut out = Vec::with_capacity(positions.len());
         let mut bytes = 0usize;
         for position in positions {
             let record = events.get(position)?.ok_or(StorageError::Corrupt {
@@ -492,12 +527,11 @@ impl Store {
             })?;
             let event = codec::decode(position, record.value())?;
             bytes = bytes.saturating_add(event.data.len() + event.metadata.len());
-            out.push(event);
-            if bytes > max_bytes {
+            if !each(event) || bytes > max_bytes {
                 break;
             }
         }
-        Ok(Some(out))
+        Ok(true)
     }
 
     /// A read snapshot with the extents of `source` (a stream or category) that the tail
@@ -535,29 +569,29 @@ impl Store {
         })
     }
 
-    fn read_all(
+    fn visit_all(
         &self,
         partition: &Partition,
         bounds: RangeInclusive<u64>,
         direction: Direction,
         (limit, max_bytes): (usize, usize),
         until: Position,
-    ) -> Result<Vec<RecordedEvent>, StorageError> {
+        each: &mut dyn FnMut(EventRef<'_>) -> bool,
+    ) -> Result<(), StorageError> {
         let txn = self.db.begin_read()?;
         let events = txn.open_table(partition.tables.events())?;
         let (low, high) = (*bounds.start(), (*bounds.end()).min(until));
-        let mut out = Vec::with_capacity(limit.min(4096));
         if low > high {
-            return Ok(out);
+            return Ok(());
         }
         let range = events.range(low..=high)?;
-        let mut bytes = 0usize;
+        let (mut count, mut bytes) = (0usize, 0usize);
         let mut push = |item: Result<_, redb::StorageError>| -> Result<bool, StorageError> {
             let (k, v): (redb::AccessGuard<u64>, redb::AccessGuard<&[u8]>) = item?;
             let event = codec::decode(k.value(), v.value())?;
             bytes = bytes.saturating_add(event.data.len() + event.metadata.len());
-            out.push(event);
-            Ok(out.len() < limit && bytes <= max_bytes)
+            count += 1;
+            Ok(each(event) && count < limit && bytes <= max_bytes)
         };
         match direction {
             Direction::Forward => {
@@ -575,7 +609,7 @@ impl Store {
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// The revision of the first event of `stream` after `position`, if there is one: where a

@@ -324,6 +324,35 @@ pub struct RecordedEvent {
     pub metadata: Vec<u8>,
 }
 
+/// An event as stored, borrowing the stored bytes: what a reader that only copies events on
+/// (the framing of a projection's batch) looks at, with nothing allocated per event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventRef<'a> {
+    pub position: Position,
+    pub stream: &'a str,
+    pub revision: u64,
+    pub event_type: &'a str,
+    pub id: Uuid,
+    pub recorded_at: u64,
+    pub data: &'a [u8],
+    pub metadata: &'a [u8],
+}
+
+impl EventRef<'_> {
+    pub fn to_owned(&self) -> RecordedEvent {
+        RecordedEvent {
+            position: self.position,
+            stream: self.stream.to_owned(),
+            revision: self.revision,
+            event_type: self.event_type.to_owned(),
+            id: self.id,
+            recorded_at: self.recorded_at,
+            data: self.data.to_vec(),
+            metadata: self.metadata.to_vec(),
+        }
+    }
+}
+
 /// Which events a read or a subscription covers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Source {

@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
+use super::batch::FaultSite;
 use super::queue::Signal;
 use super::status::{self, FaultReport, RebuildStatus, SkipRecord, State};
-use crate::log::{Position, RecordedEvent, Source};
+use crate::log::{Position, Source};
 use crate::runtime::{Changes, Code, Fault, FaultKind};
 use crate::views::{ChangeFeed, ViewError, ViewStore};
 
@@ -261,7 +262,7 @@ impl Slot {
     /// The guest failed on `event`, and every event before it is committed or was passed
     /// over by the subscription: the checkpoint steps past the latter, so that it stands just
     /// before the failing event, then the fault is recorded.
-    pub fn guest_fault(&self, event: &RecordedEvent, fault: Fault) -> Next {
+    pub fn guest_fault(&self, event: &FaultSite, fault: Fault) -> Next {
         let before = event.position.saturating_sub(1);
         if self.checkpoint() < before
             && let Next::Faulted(backoff) = self.commit(&Arc::default(), before, 0)

@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::Shared;
-use super::batch::{self, Batch};
+use super::batch::{self, Batch, FaultSite};
 use super::commits::Commits;
 use super::queue::Work;
 use super::slot::{Next, Role, Run, Slot};
-use crate::log::{Position, RecordedEvent, StorageError};
+use crate::log::{Position, StorageError};
 use crate::runtime::Fault;
 
 /// A worker keeps a projection for at least this long before yielding to others waiting:
@@ -39,7 +39,7 @@ enum TurnEnd {
     },
     /// The guest failed on a batch of one event.
     GuestFault {
-        event: RecordedEvent,
+        at: FaultSite,
         fault: Fault,
     },
     /// The guest failed somewhere in a batch of several events.
@@ -150,8 +150,8 @@ impl Shared {
                     Next::Idle
                 }
                 TurnEnd::HostFault { after, message } => slot.host_fault(after, &message),
-                TurnEnd::GuestFault { event, fault } => slot.guest_fault(&event, fault),
-                TurnEnd::Failed(batch) => isolate(slot, &batch.events, batch.checkpoint),
+                TurnEnd::GuestFault { at, fault } => slot.guest_fault(&at, fault),
+                TurnEnd::Failed(batch) => isolate(slot, &batch),
             }
         })
     }
@@ -187,7 +187,7 @@ impl Shared {
                     Err(e) => return TurnEnd::host_fault(after, e),
                 },
             };
-            if batch.events.is_empty() {
+            if batch.len == 0 {
                 commits.advance(batch.checkpoint, head);
                 continue;
             }
@@ -201,9 +201,9 @@ impl Shared {
             let helper =
                 (next_after < head).then(|| scope.spawn(move || self.read(slot, next_after, head)));
             let applying = Instant::now();
-            let outcome = slot.code.apply(&batch.frame, batch.events.len(), reader);
+            let outcome = slot.code.apply(&batch.frame, batch.len, reader);
             if let Ok(applied) = &outcome {
-                labels.batch(batch.events.len(), applying.elapsed(), applied.fuel);
+                labels.batch(batch.len, applying.elapsed(), applied.fuel);
             }
             // A panic on the helper is the turn's panic (caught around the turn).
             let ahead = helper.map(|helper| {
@@ -213,14 +213,14 @@ impl Shared {
             });
             match outcome {
                 Ok(applied) => {
-                    commits.add(applied.changes, batch.checkpoint, batch.events.len(), head);
+                    commits.add(applied.changes, batch.checkpoint, batch.len, head);
                     read_ahead = ahead.and_then(Result::ok);
                 }
-                Err(fault) if batch.events.len() == 1 => {
-                    let Some(event) = batch.events.into_iter().next() else {
+                Err(fault) if batch.len == 1 => {
+                    let Some((_, at)) = batch.events().next() else {
                         unreachable!("a batch of one event")
                     };
-                    return TurnEnd::GuestFault { event, fault };
+                    return TurnEnd::GuestFault { at, fault };
                 }
                 Err(_) => return TurnEnd::Failed(batch),
             }
@@ -243,24 +243,22 @@ impl Shared {
 /// one that fails, which faults the projection. Deterministic guests fail at the same event
 /// every time; if none fails alone, the batch as a whole was over a limit, and its events are
 /// all committed.
-fn isolate(slot: &Slot, events: &[RecordedEvent], checkpoint: Position) -> Next {
-    for event in events {
-        let mut frame = Vec::new();
-        batch::encode(&mut frame, event);
+fn isolate(slot: &Slot, batch: &Batch) -> Next {
+    for (frame, at) in batch.events() {
         let reader = match slot.view.reader(Vec::new()) {
             Ok(reader) => reader,
             Err(e) => return slot.storage_fault(slot.checkpoint(), &e),
         };
-        match slot.code.apply(&frame, 1, reader) {
+        match slot.code.apply(frame, 1, reader) {
             Ok(applied) => {
                 if let Next::Faulted(backoff) =
-                    slot.commit(&Arc::new(applied.changes), event.position, 1)
+                    slot.commit(&Arc::new(applied.changes), at.position, 1)
                 {
                     return Next::Faulted(backoff);
                 }
             }
-            Err(fault) => return slot.guest_fault(event, fault),
+            Err(fault) => return slot.guest_fault(&at, fault),
         }
     }
-    slot.commit(&Arc::default(), checkpoint, 0)
+    slot.commit(&Arc::default(), batch.checkpoint, 0)
 }
