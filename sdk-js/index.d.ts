@@ -31,6 +31,11 @@ export interface Backend {
   get(key: string): Uint8Array | undefined;
   put(key: string, value: Uint8Array): void;
   delete(key: string): void;
+  /**
+   * Optional: several puts and deletes framed into one buffer (`write-many` in the WIT file);
+   * `View.flush` uses it when present.
+   */
+  writeMany?(changes: Uint8Array): void;
 }
 
 export declare class MapBackend implements Backend {
@@ -39,6 +44,7 @@ export declare class MapBackend implements Backend {
   get(key: string): Uint8Array | undefined;
   put(key: string, value: Uint8Array): void;
   delete(key: string): void;
+  writeMany(changes: Uint8Array): void;
 }
 
 /**

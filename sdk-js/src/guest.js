@@ -1,7 +1,7 @@
 // The component side: turns a projection into the world's exports. The build generates the
 // component's entry module, which imports the host's view and calls `component`:
 //
-//   import * as host from 'projector:projection/view@0.1.0';
+//   import * as host from 'projector:projection/view@0.1.1';
 //   import projection from './your-projection.js';
 //   import { component } from '@projector/sdk/guest';
 //   export const { subscription, apply } = component(projection, host);

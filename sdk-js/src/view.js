@@ -12,6 +12,9 @@ const utf8 = new TextDecoder('utf-8', { fatal: true });
 const STORED = 0; // `value` is the stored bytes (Uint8Array), or null for no document
 const PARSED = 1; // `value` is the parsed document
 
+// `write-many`'s length of a deleted document (sdk/wit/projection.wit).
+const DELETED = 0xffffffff;
+
 /** Where documents live between batches: the host's view in a component, a Map in tests. */
 export class MapBackend {
   constructor(entries) {
@@ -26,6 +29,27 @@ export class MapBackend {
   }
   delete(key) {
     this.documents.delete(key);
+  }
+  /** Applies changes framed as the host's `write-many` takes them. */
+  writeMany(changes) {
+    const data = new DataView(changes.buffer, changes.byteOffset, changes.byteLength);
+    let at = 0;
+    const length = () => {
+      if (at + 4 > changes.byteLength) throw new Error('write-many: the changes are truncated');
+      at += 4;
+      return data.getUint32(at - 4, true);
+    };
+    const bytes = (n) => {
+      if (at + n > changes.byteLength) throw new Error('write-many: the changes are truncated');
+      at += n;
+      return changes.slice(at - n, at);
+    };
+    while (at < changes.byteLength) {
+      const key = utf8.decode(bytes(length()));
+      const n = length();
+      if (n === DELETED) this.delete(key);
+      else this.put(key, bytes(n));
+    }
   }
 }
 
@@ -119,21 +143,55 @@ export class View {
     this._overlay.set(key, { kind: STORED, value: bytes, changed: true });
   }
 
-  /** Writes every document changed in this batch to the backend; the SDK calls it. */
+  /**
+   * Writes every document changed in this batch to the backend; the SDK calls it. A backend
+   * with `writeMany` (the host's view since contract 0.1.1) gets them all in one call: a host
+   * call costs about 10 µs in a component's interpreter, the framing of a document far less.
+   */
   flush() {
+    const backend = this._backend;
+    if (typeof backend.writeMany !== 'function') {
+      for (const [key, entry] of this._overlay) {
+        if (!entry.changed) continue;
+        const value = stored(key, entry);
+        if (value === null) backend.delete(key);
+        else backend.put(key, value);
+      }
+      this._overlay.clear();
+      return;
+    }
+    // Keys and documents encoded, then framed into one buffer: u32 n + key, u32 n + document
+    // (n = DELETED, no bytes, to delete).
+    const parts = [];
+    let size = 0;
     for (const [key, entry] of this._overlay) {
       if (!entry.changed) continue;
-      if (entry.kind === PARSED) {
-        const text = JSON.stringify(entry.value);
-        if (text === undefined) throw new TypeError(`the document under ${JSON.stringify(key)} is not JSON`);
-        this._backend.put(key, encoder.encode(text));
-      } else if (entry.value === null) {
-        this._backend.delete(key);
-      } else {
-        this._backend.put(key, entry.value);
-      }
+      const k = encoder.encode(key);
+      const value = stored(key, entry);
+      parts.push(k, value);
+      size += 8 + k.byteLength + (value === null ? 0 : value.byteLength);
     }
     this._overlay.clear();
+    if (parts.length === 0) return;
+    const out = new Uint8Array(size);
+    const data = new DataView(out.buffer);
+    let at = 0;
+    for (let i = 0; i < parts.length; i += 2) {
+      const k = parts[i];
+      const value = parts[i + 1];
+      data.setUint32(at, k.byteLength, true);
+      out.set(k, at + 4);
+      at += 4 + k.byteLength;
+      if (value === null) {
+        data.setUint32(at, DELETED, true);
+        at += 4;
+      } else {
+        data.setUint32(at, value.byteLength, true);
+        out.set(value, at + 4);
+        at += 4 + value.byteLength;
+      }
+    }
+    backend.writeMany(out);
   }
 
   _entry(key) {
@@ -144,6 +202,14 @@ export class View {
     }
     return entry;
   }
+}
+
+/** The bytes a changed entry stores, or `null` to delete. */
+function stored(key, entry) {
+  if (entry.kind !== PARSED) return entry.value;
+  const text = JSON.stringify(entry.value);
+  if (text === undefined) throw new TypeError(`the document under ${JSON.stringify(key)} is not JSON`);
+  return encoder.encode(text);
 }
 
 /** Parses a stored entry in place; whether it holds a document. */

@@ -141,3 +141,32 @@ test('defineProjection refuses what is not a projection', () => {
   assert.throws(() => defineProjection({}), /apply/);
   assert.throws(() => defineProjection({ subscription: { streams: [] }, apply() {} }), /Subscription/);
 });
+
+test('a batch is written in one writeMany call, or key by key to a backend without it', () => {
+  const changesOf = (backend) => {
+    const view = new View(backend);
+    view.put('a', { n: 1 });
+    view.put('ключ/%', ['é']);
+    view.putBytes('raw', new Uint8Array([1, 2]));
+    view.putBytes('empty', new Uint8Array(0));
+    view.delete('old');
+    view.get('untouched');
+    view.flush();
+  };
+  const calls = [];
+  const batched = new MapBackend([['old', new Uint8Array([9])], ['untouched', new TextEncoder().encode('1')]]);
+  const writeMany = batched.writeMany.bind(batched);
+  batched.writeMany = (changes) => {
+    calls.push(changes.byteLength);
+    writeMany(changes);
+  };
+  changesOf(batched);
+  assert.equal(calls.length, 1);
+  const plain = new MapBackend([['old', new Uint8Array([9])], ['untouched', new TextEncoder().encode('1')]]);
+  plain.writeMany = undefined;
+  changesOf(plain);
+  assert.deepEqual([...batched.documents].sort(), [...plain.documents].sort());
+  assert.deepEqual([...batched.documents.keys()].sort(), ['a', 'empty', 'raw', 'untouched', 'ключ/%']);
+  assert.equal(new TextDecoder().decode(batched.documents.get('ключ/%')), '["é"]');
+  assert.throws(() => new MapBackend().writeMany(new Uint8Array([1, 0, 0, 0])), /truncated/);
+});

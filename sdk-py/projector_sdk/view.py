@@ -12,6 +12,10 @@ import json
 _STORED = 0  # value: the stored bytes, or None for no document
 _PARSED = 1  # value: the parsed document
 
+# ``write-many``'s length of a deleted document (sdk/wit/projection.wit).
+_DELETED = 0xFFFFFFFF
+_DELETED_BYTES = _DELETED.to_bytes(4, "little")
+
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
@@ -34,6 +38,26 @@ class MapBackend:
 
     def delete(self, key):
         self.documents.pop(key, None)
+
+    def write_many(self, changes):
+        """Applies changes framed as the host's ``write-many`` takes them."""
+        changes = bytes(changes)
+        at = 0
+
+        def take(n):
+            nonlocal at
+            if at + n > len(changes):
+                raise ValueError("write-many: the changes are truncated")
+            at += n
+            return changes[at - n : at]
+
+        while at < len(changes):
+            key = take(int.from_bytes(take(4), "little")).decode()
+            n = int.from_bytes(take(4), "little")
+            if n == _DELETED:
+                self.delete(key)
+            else:
+                self.put(key, take(n))
 
 
 class View:
@@ -108,18 +132,40 @@ class View:
         self._overlay[key] = [_STORED, bytes(value), True]
 
     def flush(self):
-        """Writes every document changed in this batch to the backend; the SDK calls it."""
+        """Writes every document changed in this batch to the backend; the SDK calls it. A
+        backend with ``write_many`` (the host's view since contract 0.1.1) gets them all in
+        one call, framed: u32 n + key, u32 n + document (n = 0xFFFFFFFF to delete)."""
         backend = self._backend
+        write_many = getattr(backend, "write_many", None)
+        if write_many is None:
+            for key, (kind, value, changed) in self._overlay.items():
+                if not changed:
+                    continue
+                if kind == _PARSED:
+                    backend.put(key, encode(value))
+                elif value is None:
+                    backend.delete(key)
+                else:
+                    backend.put(key, value)
+            self._overlay.clear()
+            return
+        parts = []
         for key, (kind, value, changed) in self._overlay.items():
             if not changed:
                 continue
+            k = key.encode()
+            parts.append(len(k).to_bytes(4, "little"))
+            parts.append(k)
             if kind == _PARSED:
-                backend.put(key, encode(value))
-            elif value is None:
-                backend.delete(key)
+                value = encode(value)
+            if value is None:
+                parts.append(_DELETED_BYTES)
             else:
-                backend.put(key, value)
+                parts.append(len(value).to_bytes(4, "little"))
+                parts.append(value)
         self._overlay.clear()
+        if parts:
+            write_many(b"".join(parts))
 
     def _entry(self, key):
         entry = self._overlay.get(key)

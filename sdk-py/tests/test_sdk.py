@@ -138,3 +138,36 @@ def test_batch_size_changes_nothing_randomness_included():
 def test_a_module_without_apply_is_not_a_projection():
     with pytest.raises(TypeError, match="apply"):
         Harness(types.ModuleType("empty"))
+
+
+def test_a_batch_is_written_in_one_write_many_call_or_key_by_key_without_it():
+    def changes_of(backend):
+        view = View(backend)
+        view.put("a", {"n": 1})
+        view.put("ключ/%", ["é"])
+        view.put_bytes("raw", b"\x01\x02")
+        view.put_bytes("empty", b"")
+        view.delete("old")
+        view.get("untouched")
+        view.flush()
+
+    start = {"old": b"\x09", "untouched": b"1"}
+    calls = []
+
+    class Batched(MapBackend):
+        def write_many(self, changes):
+            calls.append(len(changes))
+            super().write_many(changes)
+
+    class Plain(MapBackend):
+        write_many = None
+
+    batched, plain = Batched(start), Plain(start)
+    changes_of(batched)
+    changes_of(plain)
+    assert len(calls) == 1
+    assert batched.documents == plain.documents
+    assert sorted(batched.documents) == ["a", "empty", "raw", "untouched", "ключ/%"]
+    assert batched.documents["ключ/%"] == '["é"]'.encode()
+    with pytest.raises(ValueError, match="truncated"):
+        MapBackend().write_many(b"\x01\x00\x00\x00")

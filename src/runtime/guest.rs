@@ -178,6 +178,46 @@ impl bindings::projector::projection::view::Host for GuestState {
         self.changes.insert(key, None);
         Ok(())
     }
+
+    fn write_many(&mut self, changes: Vec<u8>) -> wasmtime::Result<()> {
+        let mut rest = &changes[..];
+        while !rest.is_empty() {
+            let (key, value) = next_change(&mut rest)?;
+            let key = std::str::from_utf8(key)
+                .map_err(|_| format_err!("write-many: a key is not UTF-8"))?;
+            self.charge(key, value.map_or(0, <[u8]>::len))?;
+            self.changes
+                .insert(key.to_owned(), value.map(<[u8]>::to_vec));
+        }
+        Ok(())
+    }
+}
+
+/// The length of a deleted document in `write-many`'s changes.
+const DELETED: u32 = u32::MAX;
+
+/// The next (key, document or `None` to delete) of `write-many`'s changes.
+fn next_change<'a>(rest: &mut &'a [u8]) -> wasmtime::Result<(&'a [u8], Option<&'a [u8]>)> {
+    fn take<'a>(rest: &mut &'a [u8], n: usize) -> wasmtime::Result<&'a [u8]> {
+        if rest.len() < n {
+            return Err(format_err!("write-many: the changes are truncated"));
+        }
+        let (head, tail) = rest.split_at(n);
+        *rest = tail;
+        Ok(head)
+    }
+    fn length(rest: &mut &[u8]) -> wasmtime::Result<u32> {
+        Ok(u32::from_le_bytes(
+            take(rest, 4)?.try_into().expect("4 bytes"),
+        ))
+    }
+    let key_len = length(rest)?;
+    let key = take(rest, key_len as usize)?;
+    let value = match length(rest)? {
+        DELETED => None,
+        n => Some(take(rest, n as usize)?),
+    };
+    Ok((key, value))
 }
 
 impl bindings::projector::projection::types::Host for GuestState {}

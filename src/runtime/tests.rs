@@ -161,3 +161,101 @@ fn more_batches_at_once_than_the_pool_has_slots_all_run_alike() {
         }
     });
 }
+
+/// `changes` for `view.write-many`: (key, document or `None` to delete), framed.
+fn write_many_list(changes: &[(&[u8], Option<&[u8]>)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (key, value) in changes {
+        out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        out.extend_from_slice(key);
+        match value {
+            Some(value) => {
+                out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+                out.extend_from_slice(value);
+            }
+            None => out.extend_from_slice(&u32::MAX.to_le_bytes()),
+        }
+    }
+    out
+}
+
+#[test]
+fn write_many_applies_puts_and_deletes_in_order_and_traps_on_a_malformed_list() {
+    use bindings::projector::projection::view::Host;
+    let limits = Limits::default();
+    let mut state = GuestState::new(Box::new(guest::EmptyView), &limits);
+    let changes = write_many_list(&[
+        (b"a", Some(b"1")),
+        (b"b", Some(b"")),
+        (b"a", Some(b"2")),
+        (b"c", Some(b"3")),
+        (b"c", None),
+        ("d/%é".as_bytes(), Some(b"4")),
+    ]);
+    state.write_many(changes).unwrap();
+    state.write_many(Vec::new()).unwrap();
+    assert_eq!(state.get("a".into()).unwrap(), Some(b"2".to_vec()));
+    let mut changes: Vec<_> = state.into_changes().into_iter().collect();
+    changes.sort();
+    assert_eq!(
+        changes,
+        [
+            ("a".to_owned(), Some(b"2".to_vec())),
+            ("b".to_owned(), Some(Vec::new())),
+            ("c".to_owned(), None),
+            ("d/%é".to_owned(), Some(b"4".to_vec())),
+        ]
+    );
+
+    let full = write_many_list(&[(b"key", Some(b"value"))]);
+    for (changes, reason) in [
+        (full[..full.len() - 1].to_vec(), "truncated"),
+        (full[..3].to_vec(), "truncated"),
+        (full[..7].to_vec(), "truncated"),
+        (write_many_list(&[(b"\xff", Some(b"1"))]), "not UTF-8"),
+        (write_many_list(&[(b"", Some(b"1"))]), "1 to 512 bytes"),
+        (write_many_list(&[(&[b'k'; 513], None)]), "1 to 512 bytes"),
+    ] {
+        let mut state = GuestState::new(Box::new(guest::EmptyView), &limits);
+        let error = state.write_many(changes).unwrap_err().to_string();
+        assert!(error.contains(reason), "{reason}: {error}");
+    }
+}
+
+/// Components built against contract 0.1.0 (before `write-many`) load and run unchanged: the
+/// linker serves their `@0.1.0` imports with the 0.1.1 interfaces.
+#[test]
+fn a_component_built_against_contract_0_1_0_still_runs() {
+    let current = guest("stream_stats");
+    let mut old = current.clone();
+    let mut renamed = 0;
+    for interface in ["view", "types"] {
+        let from = format!("projector:projection/{interface}@0.1.1");
+        let to = format!("projector:projection/{interface}@0.1.0");
+        let mut at = 0;
+        while let Some(i) = old[at..]
+            .windows(from.len())
+            .position(|w| w == from.as_bytes())
+        {
+            old[at + i..at + i + to.len()].copy_from_slice(to.as_bytes());
+            at += i + to.len();
+            renamed += 1;
+        }
+    }
+    assert!(renamed >= 2, "the component imports the 0.1.1 interfaces");
+    let (_dir, runtime) = runtime(Limits::default());
+    let events = [("order-1", "A", "{}"), ("order-2", "B", "{}")];
+    let run = |bytes: &[u8], name: &str| {
+        let code = runtime.load(name, bytes).unwrap();
+        let docs = Arc::new(Mutex::new(HashMap::new()));
+        let applied = code
+            .apply(&batch(&events), events.len(), Box::new(MapView(docs)))
+            .unwrap();
+        let mut changes: Vec<_> = applied.changes.into_iter().collect();
+        changes.sort();
+        changes
+    };
+    let from_old = run(&old, "old");
+    assert_eq!(from_old.len(), 3, "{from_old:?}");
+    assert_eq!(from_old, run(&current, "current"));
+}
