@@ -10,10 +10,6 @@ use crate::runtime::Subscription;
 /// A batch stops growing past this many framed bytes.
 const MAX_BYTES: usize = 8 * 1024 * 1024;
 
-/// The frame's fixed part before an event's stream: length prefix, position, revision,
-/// recorded-at, id (`apply` in `sdk/wit/projection.wit`).
-const FRAME_HEAD: usize = 4 + 8 + 8 + 8 + 16;
-
 pub struct Batch {
     /// The selected events, framed straight from the stored records.
     pub frame: Vec<u8>,
@@ -47,18 +43,14 @@ impl Batch {
 
 /// The position, id and stream of a one-event frame this module wrote.
 fn site(frame: &[u8]) -> FaultSite {
-    let u64_at = |at: usize| u64::from_le_bytes(frame[at..at + 8].try_into().expect("8 bytes"));
-    let id = Uuid::from_slice(&frame[28..FRAME_HEAD]).expect("16 bytes");
-    let stream_len = u32::from_le_bytes(
-        frame[FRAME_HEAD..FRAME_HEAD + 4]
-            .try_into()
-            .expect("4 bytes"),
-    );
-    let stream = &frame[FRAME_HEAD + 4..FRAME_HEAD + 4 + stream_len as usize];
+    let event = projector_sdk::frame::decode(frame)
+        .next()
+        .and_then(Result::ok)
+        .expect("a frame this module wrote");
     FaultSite {
-        position: u64_at(4),
-        id,
-        stream: String::from_utf8_lossy(stream).into_owned(),
+        position: event.position,
+        id: Uuid::from_bytes(event.id),
+        stream: event.stream.to_owned(),
     }
 }
 
