@@ -24,6 +24,11 @@ def encode(doc):
     return _encode(doc).encode()
 
 
+def _stored(kind, value):
+    """The bytes a changed overlay entry stores, or ``None`` to delete."""
+    return encode(value) if kind == _PARSED else value
+
+
 class MapBackend:
     """Documents in a dict: the native harness's view."""
 
@@ -141,9 +146,8 @@ class View:
             for key, (kind, value, changed) in self._overlay.items():
                 if not changed:
                     continue
-                if kind == _PARSED:
-                    backend.put(key, encode(value))
-                elif value is None:
+                value = _stored(kind, value)
+                if value is None:
                     backend.delete(key)
                 else:
                     backend.put(key, value)
@@ -156,8 +160,7 @@ class View:
             k = key.encode()
             parts.append(len(k).to_bytes(4, "little"))
             parts.append(k)
-            if kind == _PARSED:
-                value = encode(value)
+            value = _stored(kind, value)
             if value is None:
                 parts.append(_DELETED_BYTES)
             else:

@@ -110,6 +110,13 @@ impl GuestState {
         }
     }
 
+    /// One put (`Some`) or delete (`None`) of the batch, charged against its write cap.
+    fn change(&mut self, key: String, value: Option<Vec<u8>>) -> wasmtime::Result<()> {
+        self.charge(&key, value.as_ref().map_or(0, Vec::len))?;
+        self.changes.insert(key, value);
+        Ok(())
+    }
+
     fn charge(&mut self, key: &str, value_len: usize) -> wasmtime::Result<()> {
         if key.is_empty() || key.len() > MAX_KEY_BYTES {
             self.limit_hit = Some(FaultKind::Writes);
@@ -168,15 +175,11 @@ impl bindings::projector::projection::view::Host for GuestState {
     }
 
     fn put(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<()> {
-        self.charge(&key, value.len())?;
-        self.changes.insert(key, Some(value));
-        Ok(())
+        self.change(key, Some(value))
     }
 
     fn delete(&mut self, key: String) -> wasmtime::Result<()> {
-        self.charge(&key, 0)?;
-        self.changes.insert(key, None);
-        Ok(())
+        self.change(key, None)
     }
 
     fn write_many(&mut self, changes: Vec<u8>) -> wasmtime::Result<()> {
@@ -185,9 +188,7 @@ impl bindings::projector::projection::view::Host for GuestState {
             let (key, value) = next_change(&mut rest)?;
             let key = std::str::from_utf8(key)
                 .map_err(|_| format_err!("write-many: a key is not UTF-8"))?;
-            self.charge(key, value.map_or(0, <[u8]>::len))?;
-            self.changes
-                .insert(key.to_owned(), value.map(<[u8]>::to_vec));
+            self.change(key.to_owned(), value.map(<[u8]>::to_vec))?;
         }
         Ok(())
     }
