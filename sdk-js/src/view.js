@@ -8,9 +8,12 @@
 const encoder = new TextEncoder();
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 
-// What an overlay entry holds.
+// What an overlay entry `{ state, value }` holds: one field for what would otherwise be two
+// (parsed? changed?), since every property access is a lookup in the component's interpreter.
 const STORED = 0; // `value` is the stored bytes (Uint8Array), or null for no document
-const PARSED = 1; // `value` is the parsed document
+const PARSED = 1; // `value` is the parsed document, unchanged
+const EDITED = 2; // `value` is the parsed document, changed in this batch
+const WRITTEN = 3; // `value` is bytes to store, or null to delete, set in this batch
 
 // `write-many`'s length of a deleted document (sdk/wit/projection.wit).
 const DELETED = 0xffffffff;
@@ -57,7 +60,7 @@ export class View {
   /** `backend` has `get(key) -> Uint8Array | undefined`, `put(key, bytes)`, `delete(key)`. */
   constructor(backend) {
     this._backend = backend;
-    /** key -> { kind, value, changed } */
+    /** key -> { state, value } */
     this._overlay = new Map();
   }
 
@@ -73,20 +76,13 @@ export class View {
   /** Whether a document is stored under `key`. */
   has(key) {
     const entry = this._entry(key);
-    return entry.kind === PARSED || entry.value !== null;
+    return entry.state === PARSED || entry.state === EDITED || entry.value !== null;
   }
 
   /** Stores `doc` (any JSON value) under `key`. */
   put(key, doc) {
     if (doc === undefined) throw new TypeError(`put(${JSON.stringify(key)}): the document is undefined; use delete to remove one`);
-    const entry = this._overlay.get(key);
-    if (entry === undefined) {
-      this._overlay.set(key, { kind: PARSED, value: doc, changed: true });
-    } else {
-      entry.kind = PARSED;
-      entry.value = doc;
-      entry.changed = true;
-    }
+    this._overlay.set(key, { state: EDITED, value: doc });
   }
 
   /**
@@ -104,17 +100,17 @@ export class View {
    */
   edit(key, init) {
     // `_entry` and `parsed` written out: this is most projections' hot path, and a call costs
-    // a good part of a microsecond in the component's interpreter.
+    // a good part of a microsecond in the component's interpreter. A document edited before
+    // in this batch costs one lookup and one comparison.
     let entry = this._overlay.get(key);
     if (entry === undefined) {
-      entry = { kind: STORED, value: this._backend.get(key) ?? null, changed: false };
+      entry = { state: STORED, value: this._backend.get(key) ?? null };
       this._overlay.set(key, entry);
     }
-    if (entry.kind !== PARSED && !parsed(entry, key)) {
-      entry.kind = PARSED;
-      entry.value = init === undefined ? {} : init();
+    if (entry.state !== EDITED) {
+      if (!parsed(entry, key)) entry.value = init === undefined ? {} : init();
+      entry.state = EDITED;
     }
-    entry.changed = true;
     return entry.value;
   }
 
@@ -122,25 +118,25 @@ export class View {
   updateExisting(key, change) {
     const entry = this._entry(key);
     if (!parsed(entry, key)) return undefined;
-    entry.changed = true;
+    entry.state = EDITED;
     return change(entry.value);
   }
 
   /** Removes the document under `key`, if any. */
   delete(key) {
-    this._overlay.set(key, { kind: STORED, value: null, changed: true });
+    this._overlay.set(key, { state: WRITTEN, value: null });
   }
 
   /** The stored bytes under `key`, or `undefined`. */
   getBytes(key) {
     const entry = this._entry(key);
-    if (entry.kind === PARSED) return encoder.encode(JSON.stringify(entry.value));
+    if (entry.state === PARSED || entry.state === EDITED) return encoder.encode(JSON.stringify(entry.value));
     return entry.value ?? undefined;
   }
 
   /** Stores raw bytes under `key`. */
   putBytes(key, bytes) {
-    this._overlay.set(key, { kind: STORED, value: bytes, changed: true });
+    this._overlay.set(key, { state: WRITTEN, value: bytes });
   }
 
   /**
@@ -152,7 +148,7 @@ export class View {
     const backend = this._backend;
     if (typeof backend.writeMany !== 'function') {
       for (const [key, entry] of this._overlay) {
-        if (!entry.changed) continue;
+        if (entry.state < EDITED) continue;
         const value = stored(key, entry);
         if (value === null) backend.delete(key);
         else backend.put(key, value);
@@ -165,7 +161,7 @@ export class View {
     const parts = [];
     let size = 0;
     for (const [key, entry] of this._overlay) {
-      if (!entry.changed) continue;
+      if (entry.state < EDITED) continue;
       const k = encoder.encode(key);
       const value = stored(key, entry);
       parts.push(k, value);
@@ -197,7 +193,7 @@ export class View {
   _entry(key) {
     let entry = this._overlay.get(key);
     if (entry === undefined) {
-      entry = { kind: STORED, value: this._backend.get(key) ?? null, changed: false };
+      entry = { state: STORED, value: this._backend.get(key) ?? null };
       this._overlay.set(key, entry);
     }
     return entry;
@@ -206,21 +202,21 @@ export class View {
 
 /** The bytes a changed entry stores, or `null` to delete. */
 function stored(key, entry) {
-  if (entry.kind !== PARSED) return entry.value;
+  if (entry.state === WRITTEN) return entry.value;
   const text = JSON.stringify(entry.value);
   if (text === undefined) throw new TypeError(`the document under ${JSON.stringify(key)} is not JSON`);
   return encoder.encode(text);
 }
 
-/** Parses a stored entry in place; whether it holds a document. */
+/** Parses a stored or written entry in place (keeping whether it changed); whether it holds a document. */
 function parsed(entry, key) {
-  if (entry.kind === PARSED) return true;
+  if (entry.state === PARSED || entry.state === EDITED) return true;
   if (entry.value === null) return false;
   try {
     entry.value = JSON.parse(utf8.decode(entry.value));
   } catch (e) {
     throw new Error(`document ${JSON.stringify(key)} is not JSON: ${e.message}`);
   }
-  entry.kind = PARSED;
+  entry.state = entry.state === WRITTEN ? EDITED : PARSED;
   return true;
 }

@@ -97,6 +97,47 @@ test('reads see earlier writes and deletes of the same batch', () => {
   assert.equal(backend.get('z'), undefined);
 });
 
+test('only what a batch changed is written: read, edited, put, put as bytes, deleted', () => {
+  const encode = (text) => new TextEncoder().encode(text);
+  const backend = new MapBackend([
+    ['read', encode('{"n":1}')],
+    ['edited', encode('{"n":1}')],
+    ['raw', encode('{"n":1}')],
+    ['gone', encode('{"n":1}')],
+  ]);
+  const view = new View(backend);
+  assert.deepEqual(view.get('read'), { n: 1 });
+  assert.equal(view.has('read'), true);
+  view.edit('edited').n += 1;
+  view.put('null', null);
+  assert.equal(view.has('null'), true, 'a JSON null is a document');
+  assert.equal(view.get('null'), null);
+  view.putBytes('raw', encode('{ "n" : 7 }'));
+  assert.deepEqual(view.getBytes('raw'), encode('{ "n" : 7 }'), 'bytes put stay as they were put');
+  view.delete('gone');
+  assert.equal(view.has('gone'), false);
+  view.edit('gone', () => ({ again: true }));
+  view.flush();
+  const text = (key) => new TextDecoder().decode(backend.get(key));
+  assert.deepEqual(
+    [...backend.documents.keys()].sort(),
+    ['edited', 'gone', 'null', 'raw', 'read'],
+  );
+  assert.equal(text('read'), '{"n":1}');
+  assert.equal(text('edited'), '{"n":2}');
+  assert.equal(text('null'), 'null');
+  assert.equal(text('raw'), '{ "n" : 7 }');
+  assert.equal(text('gone'), '{"again":true}');
+
+  // A document read and left alone is not written again.
+  const writes = [];
+  const watched = new View({ get: (key) => backend.get(key), writeMany: (changes) => writes.push(changes) });
+  watched.get('read');
+  watched.has('edited');
+  watched.flush();
+  assert.equal(writes.length, 0);
+});
+
 test('a document that is not JSON is reported with its key', () => {
   const view = new View(new MapBackend([['bad', new TextEncoder().encode('nope')]]));
   assert.throws(() => view.get('bad'), /document "bad" is not JSON/);
