@@ -260,14 +260,14 @@ impl LogReader {
     ) -> Result<Option<Vec<RecordedEvent>>, StorageError> {
         let store = self.files.current()?;
         let partition = self.partition(&store)?;
-        store.read(
-            &partition,
-            source,
+        let range = store::ReadRange {
             from,
             direction,
-            (limit, max_bytes),
+            limit,
+            max_bytes,
             until,
-        )
+        };
+        store.read(&partition, source, range)
     }
 
     /// Up to `limit` events of `source` with positions after `after` and up to `until`, in
@@ -310,15 +310,14 @@ impl LogReader {
             },
             Source::All | Source::Category(_) => after + 1,
         };
-        store.visit(
-            &partition,
-            source,
-            Some(from),
-            Direction::Forward,
-            (limit, max_bytes),
+        let range = store::ReadRange {
+            from: Some(from),
+            direction: Direction::Forward,
+            limit,
+            max_bytes,
             until,
-            each,
-        )?;
+        };
+        store.visit(&partition, source, range, each)?;
         Ok(())
     }
 

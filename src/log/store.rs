@@ -369,56 +369,58 @@ impl Partition {
     }
 }
 
+/// Which events of a source a read takes: from `from` (a revision for a stream, a position
+/// otherwise; `None` is the start, or the end when reading backward) in `direction`, at most
+/// `limit` of them, none past position `until`. The read stops after the first event that
+/// takes the bytes of the events' data and metadata past `max_bytes`, so it holds at most that
+/// plus one event.
+#[derive(Clone, Copy, Debug)]
+pub struct ReadRange {
+    pub from: Option<u64>,
+    pub direction: Direction,
+    pub limit: usize,
+    pub max_bytes: usize,
+    pub until: Position,
+}
+
 impl Store {
     pub fn policy(&self) -> FlushPolicy {
         self.policy
     }
 
-    /// Reads up to `limit` events of `source` starting at `from` (a revision for a stream, a
-    /// position otherwise; `None` is the start, or the end when reading backward), never past
-    /// position `until`. `Ok(None)` means the stream or category has no events at all.
-    ///
-    /// The read stops after the first event that takes the bytes of the events' data and
-    /// metadata past `max_bytes`, so it holds at most that plus one event.
+    /// Reads the events of `source` that `range` selects. `Ok(None)` means the stream or
+    /// category has no events at all.
     pub fn read(
         &self,
         partition: &Partition,
         source: &Source,
-        from: Option<u64>,
-        direction: Direction,
-        limits: (usize, usize),
-        until: Position,
+        range: ReadRange,
     ) -> Result<Option<Vec<RecordedEvent>>, StorageError> {
         let mut out = Vec::new();
-        let found = self.visit(
-            partition,
-            source,
-            from,
-            direction,
-            limits,
-            until,
-            &mut |e| {
-                out.push(e.to_owned());
-                true
-            },
-        )?;
+        let found = self.visit(partition, source, range, &mut |e| {
+            out.push(e.to_owned());
+            true
+        })?;
         Ok(found.then_some(out))
     }
 
     /// What [`Store::read`] reads, handed to `each` in order as it is found, borrowing the
     /// stored bytes (nothing is allocated per event); `each` returns false to stop. Returns
     /// whether the source has any event (`read`'s `Some`).
-    #[allow(clippy::too_many_arguments)]
     pub fn visit(
         &self,
         partition: &Partition,
         source: &Source,
-        from: Option<u64>,
-        direction: Direction,
-        (limit, max_bytes): (usize, usize),
-        until: Position,
+        range: ReadRange,
         each: &mut dyn FnMut(EventRef<'_>) -> bool,
     ) -> Result<bool, StorageError> {
+        let ReadRange {
+            from,
+            direction,
+            limit,
+            max_bytes,
+            until,
+        } = range;
         let bounds = match direction {
             Direction::Forward => from.unwrap_or(0)..=u64::MAX,
             Direction::Backward => 0..=from.unwrap_or(u64::MAX),
