@@ -12,7 +12,7 @@ import json
 import struct
 import uuid
 
-_HEAD = struct.Struct("<IQQQ16sI")  # length, position, revision, recorded-at, id, stream length
+_HEAD = struct.Struct("<IQQQ16xI")  # length, position, revision, recorded-at, (id), stream length
 _U32 = struct.Struct("<I")
 _FIXED = 8 + 8 + 8 + 16
 
@@ -28,9 +28,9 @@ class Event:
     """One event of the log, as a projection receives it. ``data`` and ``metadata`` are
     parsed on first use: a projection that filters on ``type`` never pays for JSON it skips."""
 
-    __slots__ = ("position", "revision", "recorded_at", "stream", "type", "_id", "_data", "_raw_data", "_raw_metadata")
+    __slots__ = ("position", "revision", "recorded_at", "stream", "type", "_batch", "_at", "_data_at", "_data")
 
-    def __init__(self, position, revision, recorded_at, id_bytes, stream, type_, raw_data, raw_metadata):
+    def __init__(self, position, revision, recorded_at, stream, type_, batch, at, data_at):
         #: Global position in the log, from 1, gap-free.
         self.position = position
         #: Revision in its stream, from 0.
@@ -39,9 +39,11 @@ class Event:
         self.recorded_at = recorded_at
         self.stream = stream
         self.type = type_
-        self._id = id_bytes
-        self._raw_data = raw_data
-        self._raw_metadata = raw_metadata
+        # The id, the data and the metadata stay in the batch (`at`: where the frame starts,
+        # `data_at`: where the data's length prefix is, both checked) until asked for.
+        self._batch = batch
+        self._at = at
+        self._data_at = data_at
         self._data = _UNPARSED
 
     @property
@@ -55,7 +57,7 @@ class Event:
         """The payload, parsed from JSON on first use."""
         if self._data is _UNPARSED:
             try:
-                self._data = json.loads(self._raw_data)
+                self._data = json.loads(self.raw_data)
             except ValueError as e:
                 raise ValueError(f"{self.type} event at position {self.position} has data that is not JSON: {e}") from None
         return self._data
@@ -63,17 +65,23 @@ class Event:
     @property
     def raw_data(self):
         """The payload as JSON bytes."""
-        return self._raw_data
+        at = self._data_at
+        (n,) = _U32.unpack_from(self._batch, at)
+        return self._batch[at + 4 : at + 4 + n]
 
     @property
     def metadata(self):
         """The metadata, parsed; ``None`` when the event has none."""
-        return json.loads(self._raw_metadata) if self._raw_metadata else None
+        at = self._data_at
+        at += 4 + _U32.unpack_from(self._batch, at)[0]
+        (n,) = _U32.unpack_from(self._batch, at)
+        return json.loads(self._batch[at + 4 : at + 4 + n]) if n else None
 
     @property
     def id(self):
         """The event's id, a UUID in text form."""
-        return str(uuid.UUID(bytes=bytes(self._id)))
+        at = self._at + 28
+        return str(uuid.UUID(bytes=self._batch[at : at + 16]))
 
     def __repr__(self):
         return f"Event(position={self.position}, stream={self.stream!r}, type={self.type!r})"
@@ -93,7 +101,7 @@ def decode_batch(batch):
     while at < end:
         if end - at < _HEAD.size:
             raise FrameError("truncated frame")
-        length, position, revision, recorded_at, id_bytes, stream_length = head(view, at)
+        length, position, revision, recorded_at, stream_length = head(view, at)
         stop = at + 4 + length
         if stop > end or length < _FIXED + 16:
             raise FrameError("frame longer than the batch")
@@ -107,16 +115,15 @@ def decode_batch(batch):
         p += 4 + n
         if p + 4 > stop:
             raise FrameError("type overruns its frame")
+        data_at = p
         (n,) = u32(view, p)
-        data = view[p + 4 : p + 4 + n]
         p += 4 + n
         if p + 4 > stop:
             raise FrameError("data overruns its frame")
         (n,) = u32(view, p)
         if p + 4 + n != stop:
             raise FrameError("metadata does not end its frame")
-        metadata = view[p + 4 : stop]
-        events.append(Event(position, revision, recorded_at, id_bytes, stream, type_, data, metadata))
+        events.append(Event(position, revision, recorded_at, stream, type_, view, at, data_at))
         at = stop
     return events
 
