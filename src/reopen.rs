@@ -3,7 +3,7 @@
 //! on the same file cannot be opened while the first lives. The log and the views both hold
 //! their handle in an `ArcSwapOption`, and each use holds it for one read or commit.
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
@@ -12,7 +12,8 @@ use arc_swap::ArcSwapOption;
 const DRAIN: Duration = Duration::from_secs(10);
 
 /// Takes the handle out of `slot` (new uses see none) and waits until the uses under way have
-/// dropped it, so that it is closed, or until [`DRAIN`] passes. The caller must hold no clone.
+/// dropped it, or until [`DRAIN`] passes, then drops it: when this returns, the handle is
+/// closed. The caller must hold no clone.
 pub fn take_and_drain<T>(slot: &ArcSwapOption<T>) {
     drain_within(slot, DRAIN);
 }
@@ -21,18 +22,22 @@ fn drain_within<T>(slot: &ArcSwapOption<T>, limit: Duration) {
     let Some(taken) = slot.swap(None) else {
         return;
     };
-    let old: Weak<T> = Arc::downgrade(&taken);
-    // This function's own reference goes first, or it would always wait out the limit (it
-    // did: a shadowed `Arc` lives to the end of its scope, so every reopen took 10 s).
-    drop(taken);
+    // Waits until this is the last reference (no one else holds one to clone), then drops it
+    // here, so that the handle's own drop (for redb: its last write and the file lock's
+    // release) has finished when this returns. Waiting instead for a `Weak` to count zero
+    // returned while the last user's thread was still inside that drop, and opening the file
+    // again then failed as "already open".
     let started = Instant::now();
-    while old.strong_count() > 0 && started.elapsed() < limit {
+    while Arc::strong_count(&taken) > 1 && started.elapsed() < limit {
         std::thread::sleep(Duration::from_millis(1));
     }
+    drop(taken);
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
     use super::*;
 
     #[test]
@@ -51,6 +56,29 @@ mod tests {
             "the drain waited for its own reference"
         );
         assert!(slot.load().is_none());
+        ends.join().unwrap();
+
+        // The last user's drop is slow (as redb's is: a write and a lock's release): the drain
+        // returns only once it has finished.
+        struct SlowToClose(Arc<AtomicBool>);
+        impl Drop for SlowToClose {
+            fn drop(&mut self) {
+                std::thread::sleep(Duration::from_millis(50));
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let closed = Arc::new(AtomicBool::new(false));
+        let slot = ArcSwapOption::from_pointee(SlowToClose(closed.clone()));
+        let user = slot.load_full().unwrap();
+        let ends = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            drop(user);
+        });
+        drain_within(&slot, Duration::from_secs(300));
+        assert!(
+            closed.load(Ordering::SeqCst),
+            "the drain returned before the handle closed"
+        );
         ends.join().unwrap();
 
         // Nothing in use: no wait at all beyond the check.
