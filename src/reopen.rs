@@ -12,8 +12,9 @@ use arc_swap::ArcSwapOption;
 const DRAIN: Duration = Duration::from_secs(10);
 
 /// Takes the handle out of `slot` (new uses see none) and waits until the uses under way have
-/// dropped it, or until [`DRAIN`] passes, then drops it: when this returns, the handle is
-/// closed. The caller must hold no clone.
+/// dropped it, or until [`DRAIN`] passes, then drops it: when this returns within the limit,
+/// the handle is closed (past it, a use still under way closes it as it ends). The caller
+/// must hold no clone.
 pub fn take_and_drain<T>(slot: &ArcSwapOption<T>) {
     drain_within(slot, DRAIN);
 }
