@@ -11,7 +11,8 @@
 //! - `view-commit`: a view's commit;
 //! - `view-current`: writing a name's `CURRENT` (`return(...)`, `sleep(ms)`);
 //! - `cache-write`: writing a compiled component to the cache;
-//! - `turn`: the start of a projection's turn on a worker (`panic`).
+//! - `turn`: the start of a projection's turn on a worker (`panic`);
+//! - `read-ahead`: a turn's read-ahead thread, before it reads a batch (`panic`).
 //!
 //! A running test server changes them through `PUT /debug/failpoints/{name}` (body: the
 //! action, as `fail::cfg` takes it) and `DELETE` (see `http`); `FAILPOINTS` sets them at

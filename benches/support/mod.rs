@@ -164,12 +164,13 @@ impl Lean {
     }
 }
 
-/// A number from the environment, or `default`.
-/// Whether a measurement runs: `BENCH_ONLY` (a word) keeps those whose name contains it.
+/// Whether a measurement runs: `BENCH_ONLY` (a word, or several separated by `|`) keeps
+/// those whose name contains one of them.
 pub fn selected(name: &str) -> bool {
-    std::env::var("BENCH_ONLY").map_or(true, |only| name.contains(&only))
+    std::env::var("BENCH_ONLY").map_or(true, |only| only.split('|').any(|word| name.contains(word)))
 }
 
+/// A number from the environment, or `default`.
 pub fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()

@@ -83,21 +83,27 @@ struct Part {
     starts: Vec<(Position, usize)>,
 }
 
-/// Reads the next batch after `after`, up to `head`.
+/// Reads the next batch after `after`, up to `head`, framing it into `buffer` (cleared first):
+/// an applied batch's frame handed back, so that a catch-up does not map, fault in and zero a
+/// fresh buffer of up to [`MAX_BYTES`] for every batch.
 pub fn next(
     reader: &LogReader,
     sources: &[Source],
     subscription: &Subscription,
-    after: Position,
-    head: Position,
+    (after, head): (Position, Position),
     limit: usize,
+    mut buffer: Vec<u8>,
 ) -> Result<Batch, StorageError> {
+    buffer.clear();
     // Each source is read up to `limit` events; the batch may only reach as far as every source
     // has been read, or an event of a source cut short could be skipped.
     let mut checkpoint = head;
     let mut parts = Vec::with_capacity(sources.len());
     for source in sources {
         let mut part = Part::default();
+        if let [_] = sources {
+            part.frame = std::mem::take(&mut buffer);
+        }
         let (mut read, mut bytes, mut last) = (0usize, 0usize, None);
         // Bounded in bytes too: a batch of large events must not hold gigabytes.
         reader.visit_after(source, after, (limit, MAX_BYTES), head, &mut |event| {
@@ -137,7 +143,7 @@ pub fn next(
     }
     order.sort_unstable();
     order.dedup_by_key(|e| e.0);
-    let mut frame = Vec::new();
+    let mut frame = buffer;
     let mut len = 0;
     for (position, p, i) in order {
         if position > checkpoint {
@@ -212,62 +218,81 @@ mod tests {
 
     /// Batches framed straight from the stored records hold what the owned read of the same
     /// sources gives, in log order, each event once, none past the checkpoint; a batch taken
-    /// apart gives each event's own frame and what a fault names.
+    /// apart gives each event's own frame and what a fault names. Each batch is framed into
+    /// the previous one's buffer, as a catch-up does, so nothing of it may leak into the next.
     #[test]
     fn batches_frame_the_selected_events_of_every_source_once_in_log_order() {
         let (_dir, log, _writer) = log();
         let reader = log.reader();
         let head = *log.head().borrow();
-        let subscription = Subscription {
+        let several = Subscription {
             streams: vec!["order-1".into(), "user-1".into()],
             categories: vec!["order".into()],
             event_types: vec!["Placed".into()],
         };
-        let sources = sources(&subscription).unwrap();
-        for limit in [1, 2, 3, 7, 100] {
-            let mut after = 0;
-            let mut seen = Vec::new();
-            while after < head {
-                let batch = next(reader, &sources, &subscription, after, head, limit).unwrap();
-                assert!(
-                    batch.checkpoint > after,
-                    "limit {limit}: no progress after {after}"
-                );
-                let decoded: Vec<_> = projector_sdk::frame::decode(&batch.frame)
-                    .map(Result::unwrap)
-                    .map(|e| {
-                        (
-                            e.position,
-                            e.stream.to_owned(),
-                            e.data.to_vec(),
-                            e.metadata.to_vec(),
-                        )
-                    })
+        let one = Subscription {
+            streams: vec![],
+            categories: vec!["order".into()],
+            event_types: vec!["Placed".into()],
+        };
+        for subscription in [several, one] {
+            let sources = sources(&subscription).unwrap();
+            for limit in [1, 2, 3, 7, 100] {
+                let mut after = 0;
+                let mut seen = Vec::new();
+                let mut buffer = b"left over from an earlier batch".to_vec();
+                while after < head {
+                    let batch = next(
+                        reader,
+                        &sources,
+                        &subscription,
+                        (after, head),
+                        limit,
+                        buffer,
+                    )
+                    .unwrap();
+                    assert!(
+                        batch.checkpoint > after,
+                        "limit {limit}: no progress after {after}"
+                    );
+                    let decoded: Vec<_> = projector_sdk::frame::decode(&batch.frame)
+                        .map(Result::unwrap)
+                        .map(|e| {
+                            (
+                                e.position,
+                                e.stream.to_owned(),
+                                e.data.to_vec(),
+                                e.metadata.to_vec(),
+                            )
+                        })
+                        .collect();
+                    assert_eq!(decoded.len(), batch.len);
+                    for (position, ..) in &decoded {
+                        assert!(*position > after && *position <= batch.checkpoint);
+                    }
+                    let sites: Vec<_> = batch.events().collect();
+                    assert_eq!(sites.len(), batch.len);
+                    for ((frame, site), (position, stream, ..)) in sites.iter().zip(&decoded) {
+                        let one: Vec<_> = projector_sdk::frame::decode(frame).collect();
+                        assert_eq!(one.len(), 1);
+                        assert_eq!(one[0].as_ref().unwrap().position, *position);
+                        assert_eq!((site.position, &site.stream), (*position, stream));
+                        assert_eq!(site.id.as_bytes(), &one[0].as_ref().unwrap().id);
+                    }
+                    seen.extend(decoded);
+                    after = batch.checkpoint;
+                    buffer = batch.frame;
+                }
+                let expected: Vec<_> = reader
+                    .read_after(&Source::All, 0, (1000, usize::MAX), head)
+                    .unwrap()
+                    .into_iter()
+                    .filter(|e| e.event_type == "Placed")
+                    .filter(|e| e.stream.starts_with("order-") || !subscription.streams.is_empty())
+                    .map(|e| (e.position, e.stream, e.data, e.metadata))
                     .collect();
-                assert_eq!(decoded.len(), batch.len);
-                for (position, ..) in &decoded {
-                    assert!(*position > after && *position <= batch.checkpoint);
-                }
-                let sites: Vec<_> = batch.events().collect();
-                assert_eq!(sites.len(), batch.len);
-                for ((frame, site), (position, stream, ..)) in sites.iter().zip(&decoded) {
-                    let one: Vec<_> = projector_sdk::frame::decode(frame).collect();
-                    assert_eq!(one.len(), 1);
-                    assert_eq!(one[0].as_ref().unwrap().position, *position);
-                    assert_eq!((site.position, &site.stream), (*position, stream));
-                    assert_eq!(site.id.as_bytes(), &one[0].as_ref().unwrap().id);
-                }
-                seen.extend(decoded);
-                after = batch.checkpoint;
+                assert_eq!(seen, expected, "limit {limit}, {subscription:?}");
             }
-            let expected: Vec<_> = reader
-                .read_after(&Source::All, 0, (1000, usize::MAX), head)
-                .unwrap()
-                .into_iter()
-                .filter(|e| e.event_type == "Placed")
-                .map(|e| (e.position, e.stream, e.data, e.metadata))
-                .collect();
-            assert_eq!(seen, expected, "limit {limit}");
         }
     }
 

@@ -20,6 +20,7 @@ mod commits;
 mod deploy;
 mod folder;
 mod queue;
+mod read_ahead;
 mod registry;
 mod slot;
 mod status;

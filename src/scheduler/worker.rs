@@ -14,6 +14,7 @@ use super::Shared;
 use super::batch::{self, Batch, FaultSite};
 use super::commits::Commits;
 use super::queue::Work;
+use super::read_ahead::ReadAhead;
 use super::slot::{Next, Role, Run, Slot};
 use crate::log::{Position, StorageError};
 use crate::runtime::Fault;
@@ -165,6 +166,10 @@ impl Shared {
         let started = Instant::now();
         let labels = slot.labels();
         let mut read_ahead: Option<Batch> = None;
+        // Started at the turn's first read-ahead.
+        let mut reader: Option<ReadAhead<'scope>> = None;
+        // An applied batch's frame, kept to frame a later batch into (see `batch::next`).
+        let mut spare: Vec<u8> = Vec::new();
         loop {
             if let Some(fault) = commits.failed() {
                 return TurnEnd::CommitFailed(fault);
@@ -182,39 +187,39 @@ impl Shared {
             }
             let batch = match read_ahead.take() {
                 Some(batch) => batch,
-                None => match self.read(slot, after, head) {
+                None => match self.read(slot, after, head, std::mem::take(&mut spare)) {
                     Ok(batch) => batch,
                     Err(e) => return TurnEnd::host_fault(after, e),
                 },
             };
             if batch.len == 0 {
                 commits.advance(batch.checkpoint, head);
+                spare = batch.frame;
                 continue;
             }
-            let reader = match slot.view.reader(commits.layers()) {
-                Ok(reader) => reader,
+            let view = match slot.view.reader(commits.layers()) {
+                Ok(view) => view,
                 Err(e) => return TurnEnd::host_fault(after, e),
             };
             // The next batch is read meanwhile, if there is one (a turn that follows the log
-            // usually has none, and starts no helper).
+            // usually has none, and starts no thread).
             let next_after = batch.checkpoint;
-            let helper =
-                (next_after < head).then(|| scope.spawn(move || self.read(slot, next_after, head)));
+            let ahead = (next_after < head).then(|| {
+                reader
+                    .get_or_insert_with(|| ReadAhead::start(scope, self, slot))
+                    .request(next_after, head, std::mem::take(&mut spare));
+            });
             let applying = Instant::now();
-            let outcome = slot.code.apply(&batch.frame, batch.len, reader);
+            let outcome = slot.code.apply(&batch.frame, batch.len, view);
             if let Ok(applied) = &outcome {
                 labels.batch(batch.len, applying.elapsed(), applied.fuel);
             }
-            // A panic on the helper is the turn's panic (caught around the turn).
-            let ahead = helper.map(|helper| {
-                helper
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            });
+            let ahead = ahead.and(reader.as_mut()).map(ReadAhead::take);
             match outcome {
                 Ok(applied) => {
                     commits.add(applied.changes, batch.checkpoint, batch.len, head);
                     read_ahead = ahead.and_then(Result::ok);
+                    spare = batch.frame;
                 }
                 Err(fault) if batch.len == 1 => {
                     let Some((_, at)) = batch.events().next() else {
@@ -227,14 +232,20 @@ impl Shared {
         }
     }
 
-    fn read(&self, slot: &Slot, after: Position, head: Position) -> Result<Batch, StorageError> {
+    pub(super) fn read(
+        &self,
+        slot: &Slot,
+        after: Position,
+        head: Position,
+        buffer: Vec<u8>,
+    ) -> Result<Batch, StorageError> {
         batch::next(
             &self.reader,
             &slot.sources,
             slot.code.subscription(),
-            after,
-            head,
+            (after, head),
             self.max_batch,
+            buffer,
         )
     }
 }

@@ -112,7 +112,9 @@ mod tests {
     use super::*;
 
     fn change(key: &str) -> Changes {
-        [(key.to_owned(), Some(b"new".to_vec()))].into()
+        [(key.to_owned(), Some(b"new".to_vec()))]
+            .into_iter()
+            .collect()
     }
 
     #[test]

@@ -357,6 +357,57 @@ async fn a_panic_in_a_projection_turn_is_a_host_fault_and_the_workers_carry_on()
     settled(&client, &server, head).await;
 }
 
+/// A catch-up of more than one batch reads the next batch on a read-ahead thread: a panic
+/// there is the turn's panic, a host fault of the projection alone, retried after its backoff.
+#[tokio::test]
+async fn a_panic_on_the_read_ahead_thread_is_a_host_fault_and_the_catch_up_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(dir.path(), &["--workers", "1"]);
+    let client = client();
+    let head = orders(&client, &server, 0, 2).await;
+    all_caught_up(&client, &server, head).await;
+    let pause = client
+        .post(server.url("/projections/stream-stats/pause"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pause.status(), StatusCode::OK);
+    // More than a batch (4,096 events) behind, so its catch-up reads ahead.
+    let mut head = head;
+    for chunk in 0..50 {
+        let events: Vec<Value> = (0..100)
+            .map(|i| json!({"type": "Noted", "data": {"n": chunk * 100 + i}}))
+            .collect();
+        let (status, body) = append(&client, &server, "notes-1", None, &Value::Array(events)).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        head = body["last_position"].as_u64().unwrap();
+    }
+    // The others followed the appends in batches of 100 (nothing to read ahead): the one
+    // catch-up left is the paused projection's.
+    for name in ["category-index", "order-summary"] {
+        status_until(&client, &server, name, caught_up(head)).await;
+    }
+    failpoint(&client, &server, "read-ahead", "1*panic").await;
+    let resume = client
+        .post(server.url("/projections/stream-stats/resume"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resume.status(), StatusCode::OK);
+    let faulted = status_until(&client, &server, "stream-stats", |s| {
+        s["last_error"]["kind"] == "host"
+    })
+    .await;
+    assert!(
+        faulted["last_error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("panicked"),
+        "{faulted}"
+    );
+    settled(&client, &server, head).await;
+}
+
 #[tokio::test]
 async fn a_failed_compile_cache_write_still_runs_the_projection() {
     let dir = tempfile::tempdir().unwrap();
