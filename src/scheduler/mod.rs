@@ -7,10 +7,10 @@
 //! after the checkpoint, filter, `apply` in the guest, commit the view changes and the new
 //! checkpoint in one transaction) and queues it again at the back if it is still behind, so a
 //! hundred projections share the workers fairly and each is run by one worker at a time.
-//! Within a turn, a helper thread reads the next batch while the guest applies one, and a
-//! commit thread ([`commits`]) commits what the guest applied meanwhile (a rebuilding version
-//! merges many batches into one commit); so a lone projection catching up keeps both cores
-//! busy. New events reach the
+//! Within a turn, a read-ahead thread (`read_ahead.rs`) reads the next batch while the guest
+//! applies one, and a commit thread ([`commits`]) commits what the guest applied meanwhile (a
+//! rebuilding version merges many batches into one commit); so a lone projection catching up
+//! keeps both cores busy. New events reach the
 //! scheduler through the log's head watch; nothing polls. A fault stops only its
 //! projection: the failing event is found by re-running the batch one event at a time, the
 //! events before it are committed, and the projection is retried with backoff.

@@ -123,9 +123,9 @@ impl Shared {
     }
 
     /// Runs batches of `slot` until it reaches the head, faults, or has had its turn while
-    /// others wait. A helper thread reads the next batch while the guest applies one, and a
-    /// commit thread ([`Commits`]) commits applied batches meanwhile; what ends the turn is
-    /// acted on once they are all committed.
+    /// others wait. A read-ahead thread ([`ReadAhead`]) reads the next batch while the guest
+    /// applies one, and a commit thread ([`Commits`]) commits applied batches meanwhile; what
+    /// ends the turn is acted on once they are all committed.
     fn run_turn(&self, slot: &Arc<Slot>) -> Next {
         crate::failpoint::failpoint!("turn", |_| Next::Idle);
         if let Some(over) = self.quota.as_ref().and_then(|q| q.exceeded()) {
