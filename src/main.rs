@@ -66,6 +66,11 @@ struct HttpArgs {
     /// Retry-After.
     #[arg(long, env = "PROJECTOR_MAX_LIVE", default_value_t = 1024)]
     max_live: usize,
+    /// Threads serving HTTP connections, each with its own event loop, a connection staying
+    /// on one: lower latency for a few busy clients, a longer tail when the cores are
+    /// oversubscribed (BENCHMARKS.md). 0: connections share the main runtime's workers.
+    #[arg(long, env = "PROJECTOR_HTTP_THREADS", default_value_t = 0)]
+    http_threads: usize,
 }
 
 impl HttpArgs {
@@ -80,6 +85,7 @@ impl HttpArgs {
                 header_timeout: Duration::from_secs(self.header_timeout.max(1)),
                 send_timeout: Duration::from_secs(self.send_timeout.max(1)),
                 drain_timeout: Duration::from_secs(self.drain_timeout),
+                threads: self.http_threads,
             },
             max_streams: self.max_streams.max(1),
             max_live: self.max_live.max(1),

@@ -195,7 +195,10 @@ pub fn guest(name: &str) -> Vec<u8> {
 
 /// The multi-threaded runtime the benches drive their clients from.
 pub fn runtime() -> tokio::runtime::Runtime {
+    // The worker count is set here so that `TOKIO_WORKER_THREADS`, which the server started
+    // by the bench reads, leaves the load generator alone.
     tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get()))
         .enable_all()
         .build()
         .unwrap()

@@ -19,6 +19,7 @@ pub mod serve;
 pub(crate) mod streams;
 mod subscriptions;
 mod tenant;
+mod threads;
 mod trace;
 
 use std::sync::Arc;

@@ -10,6 +10,10 @@
 //! - **Send timeout**: a response whose writes make no progress for [`Limits::send_timeout`]
 //!   (a client that stopped reading) is abandoned and the connection closed, freeing what it
 //!   held.
+//! - **Threads**: by default connections are served on the main runtime's work-stealing
+//!   workers; with [`Limits::threads`] over 0 on that many connection threads instead, each
+//!   with its own single-threaded runtime (`threads.rs`; the accept loop stays on the main
+//!   runtime and hands each accepted connection to the least busy thread).
 //! - **Drain**: on shutdown the listener closes, in-flight requests get
 //!   [`Limits::drain_timeout`] to finish, and whatever is left is closed.
 //!
@@ -33,6 +37,8 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Sleep;
 
+use super::threads::ConnectionThreads;
+
 /// hyper's per-connection buffer (its default is about 400 KB).
 const MAX_BUF: usize = 64 * 1024;
 
@@ -43,6 +49,8 @@ pub struct Limits {
     pub header_timeout: Duration,
     pub send_timeout: Duration,
     pub drain_timeout: Duration,
+    /// Connection threads; 0 serves connections on the main runtime.
+    pub threads: usize,
 }
 
 impl Limits {
@@ -87,6 +95,16 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let threads = match (limits.threads > 0)
+        .then(|| ConnectionThreads::start(limits.threads, limits.drain_timeout))
+        .transpose()
+    {
+        Ok(threads) => threads,
+        Err(e) => {
+            tracing::error!(error = %e, "starting the connection threads failed; serving connections on the main runtime");
+            None
+        }
+    };
     let mut http = hyper::server::conn::http1::Builder::new();
     // A small buffer bounds what each connection holds for a client that reads slowly
     // (hyper takes no more of a response while this much waits); it also bounds a request's
@@ -120,12 +138,11 @@ pub async fn serve(
             connections.spawn(refuse(stream));
             continue;
         };
-        let io = TokioIo::new(SendTimeout::new(stream, limits.send_timeout));
-        let service = TowerToHyperService::new(app.clone());
-        let connection = http.serve_connection(io, service);
-        let mut closing = closing.clone();
-        connections.spawn(async move {
-            let _permit = permit;
+        let (service, http, mut closing) = (app.clone(), http.clone(), closing.clone());
+        let send_timeout = limits.send_timeout;
+        let serve_on = move |stream: TcpStream| async move {
+            let io = TokioIo::new(SendTimeout::new(stream, send_timeout));
+            let connection = http.serve_connection(io, TowerToHyperService::new(service));
             let mut connection = std::pin::pin!(connection);
             tokio::select! {
                 _ = connection.as_mut() => return,
@@ -133,7 +150,34 @@ pub async fn serve(
             }
             connection.as_mut().graceful_shutdown();
             let _ = connection.await;
-        });
+        };
+        let Some(threads) = &threads else {
+            connections.spawn(async move {
+                let _permit = permit;
+                serve_on(stream).await
+            });
+            continue;
+        };
+        // The socket moves to the connection thread's reactor: registered there, from within
+        // its runtime.
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "taking a connection failed");
+                continue;
+            }
+        };
+        let (runtime, placed) = threads.place();
+        connections.spawn_on(
+            async move {
+                let (_permit, _placed) = (permit, placed);
+                match TcpStream::from_std(stream) {
+                    Ok(stream) => serve_on(stream).await,
+                    Err(e) => tracing::warn!(error = %e, "taking a connection failed"),
+                }
+            },
+            runtime,
+        );
     }
     drop(listener);
     let _ = closing_tx.send(true);
@@ -147,6 +191,9 @@ pub async fn serve(
             "connections still open after the drain timeout are closed"
         );
         connections.shutdown().await;
+    }
+    if let Some(threads) = threads {
+        threads.stop().await;
     }
 }
 

@@ -236,17 +236,29 @@ impl Shared {
 
 /// Publishes each group's heads (forward only), then sends its answers: whoever holds an
 /// answer sees a head that covers it. A refused group's answers are replaced by `failed`.
+/// The heads' watchers (projection schedulers, live subscriptions) are woken after the
+/// answers, so that an appender's wake-up comes first.
 fn answer(groups: Vec<Group>, failed: Option<StorageError>) {
+    let mut moved = Vec::new();
     for group in groups {
         if failed.is_none() {
-            for (head, position) in &group.heads {
+            for (head, position) in group.heads {
+                // The new head is visible to every reader at once; the watchers are told below.
+                let mut ahead = false;
                 head.send_if_modified(|h| {
-                    let ahead = *h < *position;
+                    ahead = *h < position;
                     if ahead {
-                        *h = *position;
+                        *h = position;
                     }
-                    ahead
+                    false
                 });
+                if ahead
+                    && !moved
+                        .iter()
+                        .any(|m: &Arc<watch::Sender<Position>>| Arc::ptr_eq(m, &head))
+                {
+                    moved.push(head);
+                }
             }
         }
         for (reply, answer) in group.replies {
@@ -257,6 +269,9 @@ fn answer(groups: Vec<Group>, failed: Option<StorageError>) {
             // The appender may have gone away; its events are committed all the same.
             let _ = reply.send(answer);
         }
+    }
+    for head in moved {
+        head.send_modify(|_| {});
     }
 }
 

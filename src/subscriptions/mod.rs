@@ -66,17 +66,22 @@ pub struct Subscriptions {
     /// Serialises creations, updates and deletions (they write the store). Taken first.
     changing: tokio::sync::Mutex<()>,
     shutdown: watch::Receiver<bool>,
+    /// The server's main runtime, which runs the drivers: a subscription created over HTTP
+    /// outlives the connection (and the connection thread's runtime) that created it.
+    runtime: tokio::runtime::Handle,
 }
 
 impl Subscriptions {
     /// Opens the store in `dir` and starts every stored subscription whose account has a
-    /// log (`log_of`). Blocking; call within the runtime (it spawns the drivers).
+    /// log (`log_of`). Blocking; call within the main runtime (its drivers, and those of
+    /// subscriptions created later, run there).
     pub fn open(
         dir: &Path,
         log_of: impl Fn(&str) -> Option<Log>,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Self, SubscriptionError> {
         let store = Arc::new(Store::open(dir)?);
+        let runtime = tokio::runtime::Handle::current();
         let mut map = HashMap::new();
         for stored in store.load()? {
             let Some(log) = log_of(&stored.account) else {
@@ -91,7 +96,7 @@ impl Subscriptions {
                 core,
                 log,
                 store.clone(),
-                shutdown.clone(),
+                (&runtime, shutdown.clone()),
             );
             map.insert((stored.account, stored.name), sub);
         }
@@ -100,6 +105,7 @@ impl Subscriptions {
             map: Mutex::new(map),
             changing: tokio::sync::Mutex::new(()),
             shutdown,
+            runtime,
         })
     }
 
@@ -182,7 +188,7 @@ impl Subscriptions {
             core,
             log.clone(),
             self.store.clone(),
-            self.shutdown.clone(),
+            (&self.runtime, self.shutdown.clone()),
         );
         self.map.lock().insert((account, name.to_owned()), sub);
         Ok(true)
@@ -255,7 +261,7 @@ impl Subscription {
         core: Core,
         log: Log,
         store: Arc<Store>,
-        mut shutdown: watch::Receiver<bool>,
+        (runtime, mut shutdown): (&tokio::runtime::Handle, watch::Receiver<bool>),
     ) -> Arc<Self> {
         let sub = Arc::new(Subscription {
             account: account.to_owned(),
@@ -269,11 +275,11 @@ impl Subscription {
             log,
             store,
         });
-        // The driver: owned by the runtime; ends when the subscription is deleted or the
+        // The driver: owned by the main runtime; ends when the subscription is deleted or the
         // server shuts down. It holds the subscription, which holds no task.
         let driver = sub.clone();
         let mut stopped = sub.stop.subscribe();
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             tokio::select! {
                 _ = driver.drive() => {}
                 _ = stopped.wait_for(|s| *s) => {}
