@@ -158,20 +158,13 @@ pub async fn serve(
             });
             continue;
         };
-        // The socket moves to the connection thread's reactor: registered there, from within
-        // its runtime.
-        let stream = match stream.into_std() {
-            Ok(stream) => stream,
-            Err(e) => {
-                tracing::warn!(error = %e, "taking a connection failed");
-                continue;
-            }
-        };
         let (runtime, placed) = threads.place();
         connections.spawn_on(
             async move {
                 let (_permit, _placed) = (permit, placed);
-                match TcpStream::from_std(stream) {
+                // The socket moves to this thread's reactor: registered here, from within its
+                // runtime.
+                match stream.into_std().and_then(TcpStream::from_std) {
                     Ok(stream) => serve_on(stream).await,
                     Err(e) => tracing::warn!(error = %e, "taking a connection failed"),
                 }
