@@ -18,6 +18,7 @@
 mod codec;
 mod error;
 mod files;
+mod head;
 mod store;
 mod sync;
 mod types;
@@ -40,6 +41,8 @@ pub use types::{
 pub use store::FlushPolicy;
 
 use files::LogFiles;
+pub use head::HeadListener;
+use head::{Head, Heads};
 
 /// The name of the log's database file inside the data directory.
 pub const LOG_FILE: &str = "log.redb";
@@ -51,6 +54,8 @@ pub struct Log {
     account: Arc<str>,
     shared: Arc<Shared>,
     head: watch::Receiver<Position>,
+    /// Where `head` comes from, for listeners.
+    head_source: Arc<Head>,
     reader: LogReader,
 }
 
@@ -63,7 +68,7 @@ struct Shared {
     queue_bytes: Arc<tokio::sync::Semaphore>,
     health: watch::Receiver<LogHealth>,
     files: Arc<LogFiles>,
-    heads: Arc<writer::Heads>,
+    heads: Arc<Heads>,
 }
 
 /// Bytes of append requests queued for the writer or being committed, at most.
@@ -116,7 +121,7 @@ impl Log {
         let (files, lengths) = LogFiles::open(&dir.join(LOG_FILE), policy)?;
         let (health_tx, health_rx) = watch::channel(LogHealth::Ok);
         let (jobs_tx, jobs_rx) = mpsc::channel(writer::QUEUE_CAPACITY);
-        let heads = Arc::new(writer::Heads::default());
+        let heads = Arc::new(Heads::default());
         let thread = writer::spawn(files.clone(), lengths, jobs_rx, heads.clone(), health_tx)
             .map_err(|source| StorageError::Open {
                 path: "log writer thread".into(),
@@ -144,8 +149,10 @@ impl Log {
         let partition = store.partition(account)?;
         let head = store.head(&partition)?;
         let account: Arc<str> = account.into();
+        let head_source = shared.heads.get(&account, head);
         Ok(Log {
-            head: shared.heads.sender(&account, head).subscribe(),
+            head: head_source.subscribe(),
+            head_source,
             reader: LogReader {
                 files: shared.files.clone(),
                 account: account.clone(),
@@ -217,6 +224,13 @@ impl Log {
     /// appends to it.
     pub fn head(&self) -> watch::Receiver<Position> {
         self.head.clone()
+    }
+
+    /// Calls `on_move` on the thread that publishes the account's head, right after every
+    /// move, until the returned guard is dropped. For waking threads: `on_move` must be cheap
+    /// and must not block (it runs between two fdatasyncs of the log).
+    pub fn on_head_move(&self, on_move: impl Fn() + Send + Sync + 'static) -> HeadListener {
+        self.head_source.listen(on_move)
     }
 
     pub fn reader(&self) -> &LogReader {

@@ -27,9 +27,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use parking_lot::{Condvar, Mutex};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
 use super::error::{AppendError, StorageError};
+use super::head::Head;
 use super::types::{AppendOutcome, Position};
 
 pub type Reply = oneshot::Sender<Result<AppendOutcome, AppendError>>;
@@ -37,7 +38,7 @@ pub type Reply = oneshot::Sender<Result<AppendOutcome, AppendError>>;
 /// A group committed to redb, waiting until the frames written before it are durable.
 pub struct Group {
     /// Each account's head after the group, to publish before the answers.
-    pub heads: Vec<(Arc<watch::Sender<Position>>, Position)>,
+    pub heads: Vec<(Arc<Head>, Position)>,
     pub replies: Vec<(Reply, Result<AppendOutcome, AppendError>)>,
 }
 
@@ -239,24 +240,12 @@ impl Shared {
 /// The heads' watchers (projection schedulers, live subscriptions) are woken after the
 /// answers, so that an appender's wake-up comes first.
 fn answer(groups: Vec<Group>, failed: Option<StorageError>) {
-    let mut moved = Vec::new();
+    let mut moved: Vec<Arc<Head>> = Vec::new();
     for group in groups {
         if failed.is_none() {
             for (head, position) in group.heads {
                 // The new head is visible to every reader at once; the watchers are told below.
-                let mut ahead = false;
-                head.send_if_modified(|h| {
-                    ahead = *h < position;
-                    if ahead {
-                        *h = position;
-                    }
-                    false
-                });
-                if ahead
-                    && !moved
-                        .iter()
-                        .any(|m: &Arc<watch::Sender<Position>>| Arc::ptr_eq(m, &head))
-                {
+                if head.advance_quietly(position) && !moved.iter().any(|m| Arc::ptr_eq(m, &head)) {
                     moved.push(head);
                 }
             }
@@ -271,7 +260,7 @@ fn answer(groups: Vec<Group>, failed: Option<StorageError>) {
         }
     }
     for head in moved {
-        head.send_modify(|_| {});
+        head.tell();
     }
 }
 
@@ -291,7 +280,7 @@ mod tests {
     /// Hands over one group with `head` at `position`; returns its answer.
     fn group(
         syncer: &Syncer,
-        head: &Arc<watch::Sender<Position>>,
+        head: &Arc<Head>,
         position: Position,
     ) -> oneshot::Receiver<Result<AppendOutcome, AppendError>> {
         let (reply, answer) = oneshot::channel();
@@ -308,7 +297,7 @@ mod tests {
         let file = File::create(dir.path().join("segment")).unwrap();
         let syncer = Syncer::spawn().unwrap();
         syncer.set_file(Arc::new(file));
-        let head = Arc::new(watch::channel(0).0);
+        let head = Arc::new(Head::new(0));
         let watcher = head.subscribe();
         let answers: Vec<_> = (1..=200)
             .map(|position| {
@@ -330,11 +319,11 @@ mod tests {
     fn with_nothing_to_sync_a_group_is_answered_at_once_and_drain_waits_for_the_rest() {
         let dir = tempfile::tempdir().unwrap();
         let syncer = Syncer::spawn().unwrap();
-        let head = Arc::new(watch::channel(0).0);
+        let head = Arc::new(Head::new(0));
         // No frame written: answered on this thread.
         let mut first = group(&syncer, &head, 1);
         assert!(first.try_recv().unwrap().is_ok());
-        assert_eq!(*head.borrow(), 1);
+        assert_eq!(head.get(), 1);
         // A durable commit covers what was written before it.
         syncer.frame_written();
         syncer.durable();
@@ -352,15 +341,49 @@ mod tests {
         for mut answer in later {
             assert!(answer.try_recv().unwrap().is_ok());
         }
-        assert_eq!(*head.borrow(), 20);
+        assert_eq!(head.get(), 20);
     }
 
     #[test]
     fn heads_only_move_forward() {
         let syncer = Syncer::spawn().unwrap();
-        let head = Arc::new(watch::channel(0).0);
+        let head = Arc::new(Head::new(0));
         drop(group(&syncer, &head, 9));
         drop(group(&syncer, &head, 4));
-        assert_eq!(*head.borrow(), 9);
+        assert_eq!(head.get(), 9);
+    }
+
+    #[test]
+    fn listeners_are_called_after_the_answers_once_per_move_until_dropped() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let syncer = Syncer::spawn().unwrap();
+        syncer.set_file(Arc::new(File::create(dir.path().join("segment")).unwrap()));
+        let head = Arc::new(Head::new(0));
+        // Each call records the head it saw; a call before the move would record 0.
+        let seen = Arc::new(AtomicU64::new(0));
+        let calls = Arc::new(AtomicU64::new(0));
+        let listener = head.listen({
+            let (head, seen, calls) = (Arc::downgrade(&head), seen.clone(), calls.clone());
+            move || {
+                seen.store(head.upgrade().unwrap().get(), Ordering::SeqCst);
+                calls.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        syncer.frame_written();
+        let answer = group(&syncer, &head, 7);
+        assert_eq!(answer.blocking_recv().unwrap().unwrap().first_position, 7);
+        syncer.drain().unwrap();
+        assert_eq!(seen.load(Ordering::SeqCst), 7);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // A head that does not move calls no one.
+        drop(group(&syncer, &head, 5));
+        syncer.drain().unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // Dropped: not called again.
+        drop(listener);
+        drop(group(&syncer, &head, 9));
+        syncer.drain().unwrap();
+        assert_eq!((head.get(), calls.load(Ordering::SeqCst)), (9, 1));
     }
 }

@@ -16,13 +16,13 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use parking_lot::Mutex;
 use redb::Durability;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::LogHealth;
 use super::error::{AppendError, StorageError};
 use super::files::LogFiles;
+use super::head::{Head, Heads};
 use super::store::{self, Lengths, Store, StreamLengths, WriteTables};
 use super::sync::{self, Syncer};
 use super::types::{AppendOutcome, AppendRequest, Position};
@@ -72,35 +72,6 @@ struct Unsettled {
     answers: Answers,
 }
 
-/// Every account's head watch, made on first use by a `Log` handle or by the writer, and kept
-/// for the life of the log (the handles' receivers outlive any reopen of the file).
-#[derive(Default)]
-pub struct Heads {
-    /// Guards the map only; never held across I/O.
-    senders: Mutex<HashMap<String, Arc<watch::Sender<Position>>>>,
-}
-
-impl Heads {
-    /// The account's head watch; a new one starts at `current`. The writer publishes every
-    /// commit to the same sender, so a `current` read before a commit it missed is
-    /// overwritten by that commit's head.
-    pub fn sender(&self, account: &str, current: Position) -> Arc<watch::Sender<Position>> {
-        self.senders
-            .lock()
-            .entry(account.to_owned())
-            .or_insert_with(|| Arc::new(watch::channel(current).0))
-            .clone()
-    }
-
-    fn all(&self) -> Vec<(String, Arc<watch::Sender<Position>>)> {
-        let senders = self.senders.lock();
-        senders
-            .iter()
-            .map(|(a, s)| (a.clone(), s.clone()))
-            .collect()
-    }
-}
-
 /// Wakes a parked thread.
 struct Unpark(std::thread::Thread);
 
@@ -118,7 +89,7 @@ impl Wake for Unpark {
 struct AccountState {
     head: Position,
     lengths: StreamLengths,
-    head_tx: Arc<watch::Sender<Position>>,
+    head_tx: Arc<Head>,
 }
 
 /// What the writer thread owns. It stops when every `Log` handle is gone (the channel
@@ -241,7 +212,7 @@ impl Writer {
             let heads = self
                 .accounts
                 .values()
-                .filter(|state| *state.head_tx.borrow() < state.head)
+                .filter(|state| state.head_tx.get() < state.head)
                 .map(|state| (state.head_tx.clone(), state.head))
                 .collect();
             let replies = group.drain(..).map(|job| job.reply).zip(answers).collect();
@@ -524,7 +495,7 @@ impl Writer {
             let state = AccountState {
                 head,
                 lengths: self.opened.remove(&**account).unwrap_or_default(),
-                head_tx: self.heads.sender(account, head),
+                head_tx: self.heads.get(account, head),
             };
             self.accounts.insert(account.clone(), state);
         }
@@ -560,9 +531,7 @@ impl Writer {
                 self.accounts.clear();
                 self.opened = lengths;
                 for (tx, head) in heads {
-                    if *tx.borrow() != head {
-                        tx.send_replace(head);
-                    }
+                    tx.reset(head);
                 }
                 Ok(())
             }

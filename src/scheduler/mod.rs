@@ -90,7 +90,8 @@ pub enum SchedulerError {
 ///
 /// Locks, in the order they are taken (a lock is never taken while holding a later one):
 /// `Registry::deploying` (one change to the set at a time; held across its file-system
-/// steps, never by a reader), a slot's `state`, the work queue (`Signal::queue`). None is held
+/// steps, never by a reader), a slot's `state`, the work queue (`Signal::queue`; also taken
+/// by the head listener on the log's syncer thread, inside the head's listener list). None is held
 /// across a call into a guest; only `deploying` is held across I/O. HTTP reads take none of
 /// them but a slot's `state` for a status (no I/O under it).
 pub struct Projections {
@@ -99,6 +100,8 @@ pub struct Projections {
     workers: Mutex<Vec<JoinHandle<()>>>,
     /// Dropped first when stopping, so that no deploy starts while the workers stop.
     folder: Mutex<Option<folder::FolderWatch>>,
+    /// Wakes a worker when the log's head moves (see `start`).
+    _head_listener: crate::log::HeadListener,
 }
 
 struct Shared {
@@ -162,23 +165,24 @@ impl Projections {
                 .map_err(SchedulerError::Thread)?;
             workers.push(thread);
         }
-        shared.schedule_all();
-        // The head follower: owned by the runtime, it ends when the log's head channel closes
-        // or the workers stop. While no projection is loaded it wakes no worker (a deploy
-        // schedules its projection itself after publishing it), so an append to an account
-        // without projections costs no thread wake-up here.
+        // The head follower: a listener the syncer calls after every move of the account's
+        // head (after the appenders' answers), unregistered when `Projections` drops. While no
+        // projection is loaded it wakes no worker (a deploy schedules its projection itself
+        // after publishing it), so an append to an account without projections wakes nothing.
         let signal = shared.signal.clone();
         let loaded = shared.registry.loaded.clone();
-        let mut head = log.head();
-        tokio.spawn(async move {
-            while head.changed().await.is_ok()
-                && (!loaded.load(Ordering::SeqCst) || signal.rescan())
-            {}
+        let head_listener = log.on_head_move(move || {
+            if loaded.load(Ordering::SeqCst) {
+                signal.rescan();
+            }
         });
+        // Registered before the first look at every projection: no append falls between.
+        shared.schedule_all();
         Ok(Projections {
             shared,
             workers: Mutex::new(workers),
             folder: Mutex::new(folder),
+            _head_listener: head_listener,
         })
     }
 

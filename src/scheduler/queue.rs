@@ -7,7 +7,7 @@ use parking_lot::{Condvar, Mutex};
 
 use super::slot::{Role, Slot};
 
-/// The work queue. Background tasks (the head follower, fault retries, the folder watcher)
+/// The work queue. Background tasks (the head listener, fault retries, the folder watcher)
 /// hold only this (or a `Weak`), never a projection: a view database must close as soon as
 /// `Projections` is dropped.
 pub(super) struct Signal {
@@ -70,9 +70,12 @@ impl Signal {
         if queue.stopping {
             return false;
         }
-        queue.rescan = true;
+        // Already asked: the worker woken then (or the next to look) takes it.
+        let asked = std::mem::replace(&mut queue.rescan, true);
         drop(queue);
-        self.wake.notify_one();
+        if !asked {
+            self.wake.notify_one();
+        }
         true
     }
 

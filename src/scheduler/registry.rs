@@ -49,7 +49,7 @@ pub(super) struct Registry {
     /// error), across its file-system steps: one change at a time. Taken first, before a
     /// slot's state and the queue; no reader takes it.
     pub(super) deploying: Mutex<()>,
-    /// Whether the published set is not empty, for the head follower (which holds no slot).
+    /// Whether the published set is not empty, for the head listener (which holds no slot).
     pub(super) loaded: Arc<AtomicBool>,
 }
 
