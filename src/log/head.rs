@@ -3,7 +3,8 @@
 //!
 //! Two kinds of watcher follow a head. Tasks (live subscriptions, the broker's fan-out) await
 //! its watch channel. Threads (the projection workers) register a [`HeadListener`] instead,
-//! called on the publishing thread right after the head moves: a worker is then woken
+//! called on the publishing thread (the syncer; the writer when a reopen resets the head)
+//! right after the head moves: a worker is then woken
 //! straight from the syncer, not through a task on the runtime, which would cost a second
 //! thread wake-up per append on a machine with few cores.
 
@@ -27,8 +28,8 @@ pub struct Head {
     listeners: RwLock<Vec<Weak<OnMove>>>,
 }
 
-/// Keeps a listener registered: dropping it unregisters it (at the next registration, or at
-/// once for the calls: a dropped listener is never called again).
+/// Keeps a listener registered: dropping it unregisters it (no call starts after the drop; a
+/// call already under way finishes; the list forgets it at the next registration).
 #[must_use = "the listener is unregistered when this is dropped"]
 pub struct HeadListener {
     _on_move: Arc<OnMove>,
