@@ -4,9 +4,9 @@
 //! Two kinds of watcher follow a head. Tasks (live subscriptions, the broker's fan-out) await
 //! its watch channel. Threads (the projection workers) register a [`HeadListener`] instead,
 //! called on the publishing thread (the syncer; the writer when a reopen resets the head)
-//! right after the head moves: a worker is then woken
-//! straight from the syncer, not through a task on the runtime, which would cost a second
-//! thread wake-up per append on a machine with few cores.
+//! right after the head moves: a worker is then woken straight from the syncer, not through a
+//! task on the runtime, which would cost a second thread wake-up per append on a machine with
+//! few cores.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};

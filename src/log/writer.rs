@@ -89,7 +89,8 @@ impl Wake for Unpark {
 struct AccountState {
     head: Position,
     lengths: StreamLengths,
-    head_tx: Arc<Head>,
+    /// The head as published to readers (behind `head` until the syncer answers the group).
+    published: Arc<Head>,
 }
 
 /// What the writer thread owns. It stops when every `Log` handle is gone (the channel
@@ -212,8 +213,8 @@ impl Writer {
             let heads = self
                 .accounts
                 .values()
-                .filter(|state| state.head_tx.get() < state.head)
-                .map(|state| (state.head_tx.clone(), state.head))
+                .filter(|state| state.published.get() < state.head)
+                .map(|state| (state.published.clone(), state.head))
                 .collect();
             let replies = group.drain(..).map(|job| job.reply).zip(answers).collect();
             self.sync.hand_over(sync::Group { heads, replies });
@@ -495,7 +496,7 @@ impl Writer {
             let state = AccountState {
                 head,
                 lengths: self.opened.remove(&**account).unwrap_or_default(),
-                head_tx: self.heads.get(account, head),
+                published: self.heads.get(account, head),
             };
             self.accounts.insert(account.clone(), state);
         }
@@ -513,9 +514,9 @@ impl Writer {
                 .heads
                 .all()
                 .into_iter()
-                .filter_map(|(account, tx)| {
+                .filter_map(|(account, published)| {
                     let partition = store.existing_partition(&account)?;
-                    Some(store.head(&partition).map(|head| (tx, head)))
+                    Some(store.head(&partition).map(|head| (published, head)))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             Ok((heads, lengths))
@@ -530,8 +531,8 @@ impl Writer {
                 }
                 self.accounts.clear();
                 self.opened = lengths;
-                for (tx, head) in heads {
-                    tx.reset(head);
+                for (published, head) in heads {
+                    published.reset(head);
                 }
                 Ok(())
             }
