@@ -32,9 +32,9 @@ use crate::runtime::Changes;
 const MERGE_EVENTS: usize = 262_144;
 /// Most bytes of keys and values (counted as written, overwrites included) merged into one
 /// commit. Three sets can be alive at once: committing, queued, and merging, each holding
-/// more than it counts (each document's allocation, the map's table). 8 MiB
-/// rather than 32 cut the 10M-event rebuild's peak RSS from 252-267 MiB to 203-229 MiB
-/// with no change in its time beyond the noise (BENCHMARKS.md, stop 31).
+/// more than it counts (each document's allocation, the map's table). 8 MiB rather than 32
+/// cut the 10M-event rebuild's peak RSS from 252-267 MiB to 203-229 MiB with no change in its
+/// time beyond the noise (BENCHMARKS.md, stop 31).
 const MERGE_BYTES: usize = 8 * 1024 * 1024;
 /// Longest a set merges before it is sealed, so that status shows a slow rebuild move.
 const MERGE_AGE: Duration = Duration::from_secs(1);
