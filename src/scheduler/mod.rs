@@ -45,7 +45,7 @@ pub use status::{FaultReport, Rate, RebuildStatus, SkipRecord, State, Status, Su
 
 use queue::Signal;
 use registry::Registry;
-use slot::Slot;
+use slot::{Claim, Slot};
 
 pub struct SchedulerConfig {
     /// The folder of `<name>.wasm` files.
@@ -360,8 +360,10 @@ impl Shared {
     /// retired, and not waiting out a fault's backoff.
     fn schedule(&self, slot: &Arc<Slot>) {
         let head = *self.head.borrow();
-        if slot.claim_for_queue(head) {
-            self.signal.push(slot.clone());
+        match slot.claim_for_queue(head) {
+            Claim::Queue => self.signal.push(slot.clone()),
+            Claim::Rest(until) => slot.rest(until, &self.signal),
+            Claim::No => {}
         }
     }
 }

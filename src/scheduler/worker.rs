@@ -83,6 +83,7 @@ impl Shared {
                 Work::Run(slot) => slot,
             };
             slot.set_run(Run::Running);
+            let turn_started = Instant::now();
             let from = slot.checkpoint();
             let span = tracing::debug_span!(
                 "turn",
@@ -110,6 +111,7 @@ impl Shared {
                     self.signal.push(slot);
                 }
                 Next::Idle => {
+                    slot.caught_up(turn_started.elapsed());
                     slot.set_run(Run::Idle);
                     // The head may have moved after the turn read it.
                     self.schedule(&slot);
