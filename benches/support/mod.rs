@@ -193,6 +193,31 @@ pub fn guest(name: &str) -> Vec<u8> {
     std::fs::read(Path::new(env!("PROJECTOR_GUESTS_DIR")).join(format!("{name}.wasm"))).unwrap()
 }
 
+/// Waits until the server at `base` lists `count` projections, every one caught up.
+pub async fn wait_for_projections(base: &str, count: usize) {
+    let client = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let list: serde_json::Value = client
+            .get(format!("{base}/projections"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let all = list.as_array().map_or(&[][..], Vec::as_slice);
+        if all.len() == count && all.iter().all(|p| p["state"] == "caught_up") {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "projections not loaded: {list}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The multi-threaded runtime the benches drive their clients from.
 pub fn runtime() -> tokio::runtime::Runtime {
     // The worker count is set here so that `TOKIO_WORKER_THREADS`, which the server started

@@ -440,11 +440,17 @@ impl Store {
             Source::Stream(name) => (partition.tables.streams(), name.as_str()),
             Source::Category(name) => (partition.tables.categories(), name.as_str()),
         };
+        // A forward read of a category starts at a position: extents before it are skipped.
+        let past = match (source, direction, from) {
+            (Source::Category(_), Direction::Forward, Some(from)) if from > 0 => Some(from - 1),
+            _ => None,
+        };
         let TailSnapshot {
             txn,
             recent,
+            first: first_in_tail,
             covered,
-        } = self.snapshot_with_tail(partition, source)?;
+        } = self.snapshot_with_tail(partition, source, past, true)?;
         let until = until.min(covered);
         let extents = txn.open_table(table)?;
         let persisted = |range: RangeInclusive<u64>| {
@@ -462,7 +468,7 @@ impl Store {
         // first append is committed but not yet published (durable) does not, yet.
         let first = match persisted(0..=u64::MAX)?.next().transpose()? {
             Some((_, first_position, _)) => Some(first_position),
-            None => recent.first().map(|e| e.1),
+            None => first_in_tail,
         };
         if first.is_none_or(|p| p > until) {
             return Ok(false);
@@ -540,33 +546,53 @@ impl Store {
     /// holds beyond the index tables, and how far the tail covers the log. The tail is taken
     /// before the snapshot: extents it lacks are of commits the snapshot may not show either,
     /// and `covered` bounds a read to what both agree on. Extents a flush moved into the
-    /// tables are told apart by `indexed_through`.
+    /// tables are told apart by `indexed_through`. Extents that end at or before `past` are
+    /// left out of `recent` (a reader that starts after it), not out of `first` (found only
+    /// when asked for).
     fn snapshot_with_tail(
         &self,
         partition: &Partition,
         source: &Source,
+        past: Option<Position>,
+        find_first: bool,
     ) -> Result<TailSnapshot, StorageError> {
         let tail = partition.tail.read();
         let txn = self.db.begin_read()?;
         let indexed = indexed_through(&txn, &partition.tables)?;
-        let recent = tail
+        // The extents are in position order, those a flush already moved into the tables
+        // first; and those that end at or before `past` hold nothing the reader wants. Both
+        // cuts are binary searches: a reader following the log (a projection's batch) looks
+        // at the few extents past its checkpoint, not at the whole tail (up to 16,384).
+        let unflushed = &tail.extents[tail
             .extents
+            .partition_point(|e| e.first_position <= indexed)..];
+        let wanted = match past {
+            Some(past) => {
+                &unflushed[unflushed.partition_point(|e| e.first_position + e.count - 1 <= past)..]
+            }
+            None => unflushed,
+        };
+        let matcher = Matcher::new(source);
+        let recent = wanted
             .iter()
-            .filter(|e| e.first_position > indexed)
-            .filter_map(|e| match source {
-                Source::Stream(name) => (e.stream == name.as_str()).then_some((
-                    e.first_revision,
-                    e.first_position,
-                    e.count,
-                )),
-                Source::Category(name) => (category_of(&e.stream) == Some(name.as_str()))
-                    .then_some((e.first_position, e.first_position, e.count)),
-                Source::All => None,
+            .filter(|e| matcher.matches(&e.stream))
+            .map(|e| match source {
+                Source::Stream(_) => (e.first_revision, e.first_position, e.count),
+                _ => (e.first_position, e.first_position, e.count),
             })
             .collect();
+        let first = if find_first {
+            unflushed
+                .iter()
+                .find(|e| matcher.matches(&e.stream))
+                .map(|e| e.first_position)
+        } else {
+            None
+        };
         Ok(TailSnapshot {
             txn,
             recent,
+            first,
             covered: tail.covered,
         })
     }
@@ -622,8 +648,12 @@ impl Store {
         stream: &StreamName,
         position: Position,
     ) -> Result<Option<u64>, StorageError> {
-        let TailSnapshot { txn, recent, .. } =
-            self.snapshot_with_tail(partition, &Source::Stream(stream.clone()))?;
+        let TailSnapshot { txn, recent, .. } = self.snapshot_with_tail(
+            partition,
+            &Source::Stream(stream.clone()),
+            Some(position),
+            false,
+        )?;
         let stream = stream.as_str();
         let resume = |(first_revision, first_position, count): (u64, Position, u64)| {
             (first_position + count - 1 > position)
@@ -740,10 +770,45 @@ pub fn checkpoint(txn: &WriteTransaction, generation: u64) -> Result<(), Storage
 /// A read snapshot and the index tail's part of one source that goes with it.
 struct TailSnapshot {
     txn: ReadTransaction,
-    /// (first coordinate, first position, count) of the source's extents only in the tail.
+    /// (first coordinate, first position, count) of the source's extents only in the tail,
+    /// from the first that ends after the position asked for.
     recent: Vec<(u64, Position, u64)>,
+    /// The first position of the source's first extent only in the tail, skipped or not
+    /// (`None` unless asked for).
+    first: Option<Position>,
     /// The position up to which the tail and the snapshot agree.
     covered: Position,
+}
+
+/// Whether an extent's stream is of a source: its name, or a name in its category, compared
+/// without searching the name for the category's end (a projection's read compares every
+/// extent of the tail it looks at).
+enum Matcher<'a> {
+    Stream(&'a str),
+    /// `category-`, as bytes: a stream is in it when its name starts with them.
+    Category(Vec<u8>),
+    /// A category name holding a `-` (or empty) has no stream: a stream's category ends at
+    /// its first `-`. `$all` reads no extents.
+    Nothing,
+}
+
+impl<'a> Matcher<'a> {
+    fn new(source: &'a Source) -> Self {
+        match source {
+            Source::Stream(name) => Matcher::Stream(name.as_str()),
+            Source::Category(name) if name.is_empty() || name.contains('-') => Matcher::Nothing,
+            Source::Category(name) => Matcher::Category(format!("{name}-").into_bytes()),
+            Source::All => Matcher::Nothing,
+        }
+    }
+
+    fn matches(&self, stream: &str) -> bool {
+        match self {
+            Matcher::Stream(name) => stream == *name,
+            Matcher::Category(prefix) => stream.as_bytes().starts_with(prefix),
+            Matcher::Nothing => false,
+        }
+    }
 }
 
 fn indexed_through(txn: &ReadTransaction, tables: &Tables) -> Result<Position, StorageError> {

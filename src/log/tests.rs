@@ -263,7 +263,8 @@ fn assert_indexes_match_the_log(log: &Log, all: &[RecordedEvent]) {
         let events = all.iter().filter(|e| e.stream == stream).collect();
         sources.push((Source::Stream(StreamName::new(stream).unwrap()), events));
     }
-    for category in ["order", "user", "solo"] {
+    // "ord" is a prefix of a category, not one; "order-1" holds a `-`, so no stream is in it.
+    for category in ["order", "user", "solo", "ord", "order-1"] {
         let events = all
             .iter()
             .filter(|e| e.stream.starts_with(&format!("{category}-")))
@@ -276,6 +277,19 @@ fn assert_indexes_match_the_log(log: &Log, all: &[RecordedEvent]) {
         let mut backward = read_all(log, &source, Direction::Backward);
         backward.reverse();
         assert_eq!(backward, read, "{source:?} backward");
+        if let Some(last) = expected.last() {
+            // Past its last event the source still exists: an empty page, not `None`.
+            let past = reader
+                .read(
+                    &source,
+                    Some(source.coordinate(last) + 1),
+                    Direction::Forward,
+                    2,
+                    u64::MAX,
+                )
+                .unwrap();
+            assert_eq!(past.map(|p| p.len()), Some(0), "{source:?} past its end");
+        }
         for (i, e) in expected.iter().enumerate() {
             let from = source.coordinate(e);
             let page = reader
