@@ -206,7 +206,9 @@ pub async fn wait_for_projections(base: &str, count: usize) {
             .json()
             .await
             .unwrap();
-        let all = list["projections"].as_array().map_or(&[][..], Vec::as_slice);
+        let all = list["projections"]
+            .as_array()
+            .map_or(&[][..], Vec::as_slice);
         if all.len() == count && all.iter().all(|p| p["state"] == "caught_up") {
             return;
         }
