@@ -85,6 +85,46 @@ async fn lean_appends(base: &str, clients: usize, seconds: Duration) -> f64 {
     .await
 }
 
+/// `runs` runs of [`lean_appends`], each on a fresh server under `dir`, with the three example
+/// projections deployed and caught up first if `following`; for one client, the raw
+/// fdatasync loop's figure before each run too (the disk's own, for the ratio: issue 16).
+/// Returns (appends/s, raw writes/s) per run.
+async fn lean_runs(
+    dir: &Path,
+    clients: usize,
+    following: bool,
+    runs: usize,
+    seconds: Duration,
+) -> (Vec<f64>, Vec<f64>) {
+    let (mut samples, mut disk) = (Vec::new(), Vec::new());
+    for run in 0..runs {
+        if clients == 1 {
+            disk.push(raw_durable_writes(&dir.join(format!("raw-{run}")), seconds));
+        }
+        let data = dir.join(format!("{clients}-{run}"));
+        if following {
+            std::fs::create_dir_all(data.join("deploy")).unwrap();
+            for (file, guest) in [
+                ("category-index", "category_index"),
+                ("order-summary", "order_summary"),
+                ("stream-stats", "stream_stats"),
+            ] {
+                std::fs::write(
+                    data.join(format!("deploy/{file}.wasm")),
+                    support::guest(guest),
+                )
+                .unwrap();
+            }
+        }
+        let server = Server::start(&data);
+        if following {
+            support::wait_for_projections(&server.base, 3).await;
+        }
+        samples.push(lean_appends(&server.base, clients, seconds).await);
+    }
+    (samples, disk)
+}
+
 /// Streams a read as NDJSON; returns (events, events per second).
 async fn ndjson_read(base: &str, path: &str) -> (u64, f64) {
     let client = reqwest::Client::new();
@@ -199,18 +239,8 @@ fn main() {
             if !selected(&name) {
                 continue;
             }
-            let (mut samples, mut disk) = (Vec::new(), Vec::new());
-            for run in 0..runs {
-                if clients == 1 {
-                    // The disk's own figure in the same run, for the ratio (issue 16).
-                    disk.push(raw_durable_writes(
-                        &scratch.path().join(format!("raw-{run}")),
-                        seconds,
-                    ));
-                }
-                let server = Server::start(&scratch.path().join(format!("lean-{clients}-{run}")));
-                samples.push(lean_appends(&server.base, clients, seconds).await);
-            }
+            let (samples, disk) =
+                lean_runs(&scratch.path().join("lean"), clients, false, runs, seconds).await;
             if clients == 1 {
                 let ratio = median(samples.clone()) / median(disk.clone());
                 report(
@@ -231,28 +261,8 @@ fn main() {
             if !selected(&name) {
                 continue;
             }
-            let (mut samples, mut disk) = (Vec::new(), Vec::new());
-            for run in 0..runs {
-                if clients == 1 {
-                    disk.push(raw_durable_writes(
-                        &scratch.path().join(format!("raw-following-{run}")),
-                        seconds,
-                    ));
-                }
-                let data = scratch.path().join(format!("following-{clients}-{run}"));
-                std::fs::create_dir_all(data.join("deploy")).unwrap();
-                for (file, guest) in [
-                    ("category-index", "category_index"),
-                    ("order-summary", "order_summary"),
-                    ("stream-stats", "stream_stats"),
-                ] {
-                    std::fs::write(data.join(format!("deploy/{file}.wasm")), support::guest(guest))
-                        .unwrap();
-                }
-                let server = Server::start(&data);
-                support::wait_for_projections(&server.base, 3).await;
-                samples.push(lean_appends(&server.base, clients, seconds).await);
-            }
+            let (samples, disk) =
+                lean_runs(&scratch.path().join("following"), clients, true, runs, seconds).await;
             if clients == 1 {
                 let ratio = median(samples.clone()) / median(disk.clone());
                 eprintln!("single lean client with projections / raw durable writes: {ratio:.2}");

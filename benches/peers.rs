@@ -23,7 +23,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod support;
-use support::{Server, env_number, guest, lean_rate};
+use support::{Server, env_number, get_json, guest, lean_rate};
 
 /// Streams each client appends to (its own): 64 clients × 16 = 1,024 streams.
 const STREAMS_PER_CLIENT: u64 = 16;
@@ -110,14 +110,7 @@ async fn projector_figures(scratch: &std::path::Path, seconds: Duration) -> Vec<
 
     // The read model: stream-stats deployed now, timed from its PUT to its catch-up.
     let client = reqwest::Client::new();
-    let health: serde_json::Value = client
-        .get(format!("{}/health", server.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health = get_json(&client, &format!("{}/health", server.base)).await;
     let head = health["head"].as_u64().expect("health names the head");
     let start = Instant::now();
     let put = client

@@ -193,19 +193,17 @@ pub fn guest(name: &str) -> Vec<u8> {
     std::fs::read(Path::new(env!("PROJECTOR_GUESTS_DIR")).join(format!("{name}.wasm"))).unwrap()
 }
 
+/// A GET's JSON body.
+pub async fn get_json(client: &reqwest::Client, url: &str) -> serde_json::Value {
+    client.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 /// Waits until the server at `base` lists `count` projections, every one caught up.
 pub async fn wait_for_projections(base: &str, count: usize) {
     let client = reqwest::Client::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     loop {
-        let list: serde_json::Value = client
-            .get(format!("{base}/projections"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let list = get_json(&client, &format!("{base}/projections")).await;
         let all = list["projections"]
             .as_array()
             .map_or(&[][..], Vec::as_slice);
