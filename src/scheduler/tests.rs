@@ -231,3 +231,47 @@ proptest! {
         node.projections.shutdown();
     }
 }
+
+/// The head's listener wakes a worker only while some version is idle, so the count of idle
+/// versions must follow every hand-over (queued, running, resting, idle again): never more
+/// than the versions there are, back to all of them once they are caught up and at rest, and
+/// none once they are dropped. A version the count missed would wait for a head move that
+/// never wakes it.
+#[test]
+fn idle_versions_are_counted_through_every_hand_over() {
+    let Fixture {
+        dir,
+        tokio,
+        log,
+        _writer,
+    } = fixture();
+    let node = start(dir.path(), &log, 4, &tokio);
+    let idle = node.projections.shared.idle.clone();
+    let settled = |head: Position| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let count = idle.count();
+            assert!(count <= 1, "one version, {count} counted idle");
+            if count == 1 && view_of(&node).1 == head {
+                return;
+            }
+            assert!(Instant::now() < deadline, "never settled at {head}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    };
+    settled(0);
+    for n in 0..60u8 {
+        // Appends while it follows: turns, rests, and head moves during both.
+        let (stream, event_type, data) = event_of((n % 6, n % 5, n));
+        append(&log, &tokio, stream, event_type, &data);
+        assert!(idle.count() <= 1);
+    }
+    settled(*log.head().borrow());
+    // One more after a quiet spell: the listener must wake a worker for it.
+    let (stream, event_type, data) = event_of((1, 1, 7));
+    append(&log, &tokio, stream, event_type, &data);
+    settled(*log.head().borrow());
+    node.projections.shutdown();
+    drop(node);
+    assert_eq!(idle.count(), 0, "a dropped version leaves the count");
+}
