@@ -125,9 +125,19 @@ async fn order_summary_documents_follow_the_orders() {
     assert_eq!(keys, ["order/a1", "order/b2"]);
 
     let (_, index) = document(&client, &server, "category-index", "category/order", head).await;
+    assert_eq!(index, json!({"events": 8, "streams": 2}));
+    let (status, streams) = get_json(
+        &client,
+        &server.url("/projections/category-index/view?prefix=stream/order-"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{streams}");
     assert_eq!(
-        index,
-        json!({"events": 8, "streams": {"order-a1": 5, "order-b2": 3}})
+        streams["documents"],
+        json!([
+            {"key": "stream/order-a1", "value": {"events": 5}},
+            {"key": "stream/order-b2", "value": {"events": 3}},
+        ])
     );
     let status = status_until(&client, &server, "order-summary", |s| {
         s["state"] == "caught_up"

@@ -1,9 +1,15 @@
-//! Example projection: for each category, its streams and how many events each has.
+//! Example projection: for each category, how many events and streams it has, and its
+//! streams with their event counts.
 //!
-//! Documents: `category/<category>` → `{"events": n, "streams": {"<stream>": n, ...}}`.
-//! Streams without a category (no `-` in the name) are not listed.
-
-use std::collections::BTreeMap;
+//! Documents: `category/<category>` → `{"events": n, "streams": k}`, and for each stream with
+//! a category, `stream/<stream>` → `{"events": n}`. A category's streams are the view's page
+//! under the prefix `stream/<category>-` (a stream's category is the text before its first
+//! `-`, so that prefix holds exactly that category's streams, in name order). Streams without
+//! a category (no `-` in the name) are not listed.
+//!
+//! One small document per stream, rather than a category document listing its streams, keeps
+//! an event's cost flat however many streams a category has: a document the projection reads
+//! and writes back on every event should not grow with the log.
 
 use projector_sdk::{Error, Event, Projection, Subscription, View};
 use serde::{Deserialize, Serialize};
@@ -11,7 +17,12 @@ use serde::{Deserialize, Serialize};
 #[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
 pub struct Category {
     pub events: u64,
-    pub streams: BTreeMap<String, u64>,
+    pub streams: u64,
+}
+
+#[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
+pub struct Member {
+    pub events: u64,
 }
 
 pub struct CategoryIndex;
@@ -25,9 +36,13 @@ impl Projection for CategoryIndex {
         let Some(category) = event.category() else {
             return Ok(());
         };
-        view.update(&format!("category/{category}"), |c: &mut Category| {
+        let first = view.update(&["stream/", event.stream].concat(), |m: &mut Member| {
+            m.events += 1;
+            m.events == 1
+        })?;
+        view.update(&["category/", category].concat(), |c: &mut Category| {
             c.events += 1;
-            *c.streams.entry(event.stream.to_owned()).or_default() += 1;
+            c.streams += u64::from(first);
         })
     }
 }
@@ -42,23 +57,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lists_streams_per_category() {
+    fn counts_each_category_and_its_streams() {
         let mut run = Harness::<CategoryIndex>::new();
-        for stream in ["order-1", "order-2", "order-1", "user-7", "lonely"] {
+        for stream in [
+            "order-1",
+            "order-2",
+            "order-1",
+            "user-7",
+            "lonely",
+            "order-x-y",
+        ] {
             run.append(stream, "Anything", json!({}));
         }
         assert_eq!(
             run.document("category/order"),
-            Some(json!({"events": 3, "streams": {"order-1": 2, "order-2": 1}}))
+            Some(json!({"events": 4, "streams": 3}))
         );
         assert_eq!(
             run.document("category/user"),
-            Some(json!({"events": 1, "streams": {"user-7": 1}}))
+            Some(json!({"events": 1, "streams": 1}))
         );
+        assert_eq!(run.document("stream/order-1"), Some(json!({"events": 2})));
+        assert_eq!(run.document("stream/order-x-y"), Some(json!({"events": 1})));
+        assert_eq!(run.document("stream/lonely"), None);
+        let keys: Vec<&str> = run.view().0.keys().map(String::as_str).collect();
         assert_eq!(
-            run.view().0.len(),
-            2,
-            "no document for streams without a category"
+            keys,
+            [
+                "category/order",
+                "category/user",
+                "stream/order-1",
+                "stream/order-2",
+                "stream/order-x-y",
+                "stream/user-7"
+            ],
+            "a category's streams sit together under `stream/<category>-`; none for `lonely`"
         );
     }
 }
