@@ -296,7 +296,14 @@ async fn hostile_case(
             ("garbage", b"\0asm but not really".to_vec()),
         ],
     );
-    let server = Server::start_with(dir.path(), &flags);
+    // The cases run side by side on the test's one runtime thread: starting a server blocks
+    // (it waits for the server to listen), so it must not hold that thread, or another case's
+    // request that has connected but not yet sent its headers waits past the server's header
+    // timeout and is closed.
+    let data = dir.path().to_owned();
+    let server = tokio::task::spawn_blocking(move || Server::start_with(&data, &flags))
+        .await
+        .unwrap();
     let client = client();
     // The bad event sits in the middle of one batch: the events before it are kept.
     let events = json!([
