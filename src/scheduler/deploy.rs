@@ -306,7 +306,7 @@ impl Shared {
             sources,
             view,
             (checkpoint, skipped),
-            (role, self.change_retention, &self.idle),
+            (role, self.change_retention),
         ))
     }
 

@@ -28,6 +28,7 @@ mod worker;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -42,7 +43,7 @@ pub use folder::valid_name;
 pub use registry::ControlError;
 pub use status::{FaultReport, Rate, RebuildStatus, SkipRecord, State, Status, SubscriptionReport};
 
-use queue::{IdleSlots, Signal};
+use queue::Signal;
 use registry::Registry;
 use slot::{Claim, Slot};
 
@@ -117,8 +118,6 @@ struct Shared {
     head: watch::Receiver<Position>,
     registry: Registry,
     signal: Arc<Signal>,
-    /// How many of the versions are idle, for the head's listener (which holds no slot).
-    idle: Arc<IdleSlots>,
     quota: Option<Arc<Quota>>,
     account: Arc<str>,
     change_retention: usize,
@@ -146,7 +145,6 @@ impl Projections {
             head: log.head(),
             registry: Registry::new(),
             signal: Arc::new(Signal::new(tokio.clone())),
-            idle: Arc::default(),
             quota: config.quota.clone(),
             account: config.account.as_str().into(),
             change_retention: config.change_retention,
@@ -168,13 +166,13 @@ impl Projections {
             workers.push(thread);
         }
         // The head follower: a listener the syncer calls after every move of the account's
-        // head (after the appenders' answers), unregistered when `Projections` drops. It wakes
-        // a worker only if some version is idle ([`IdleSlots`]): with no projection loaded (a
-        // deploy schedules its projection itself), or with every one resting, queued or
-        // running, an append wakes no thread but its appender's.
-        let (signal, idle) = (shared.signal.clone(), shared.idle.clone());
+        // head (after the appenders' answers), unregistered when `Projections` drops. While no
+        // projection is loaded it wakes no worker (a deploy schedules its projection itself
+        // after publishing it), so an append to an account without projections wakes nothing.
+        let signal = shared.signal.clone();
+        let loaded = shared.registry.loaded.clone();
         let head_listener = log.on_head_move(move || {
-            if idle.any() {
+            if loaded.load(Ordering::SeqCst) {
                 signal.rescan();
             }
         });

@@ -2,7 +2,6 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering, fence};
 
 use parking_lot::{Condvar, Mutex};
 
@@ -29,42 +28,6 @@ pub(super) struct Queue {
     /// The head moved, or a backoff ended: a worker should look at every projection.
     pub rescan: bool,
     pub stopping: bool,
-}
-
-/// How many slots are idle ([`Run::Idle`](super::slot::Run)): the only ones a move of the
-/// log's head can give work to. A queued or running slot looks at the head when its turn
-/// ends, a resting one when its rest ends; so while no slot is idle (a steady stream of
-/// appends, every projection resting between turns) the head's listener wakes no worker.
-///
-/// Counted by each slot's state ([`SlotState`](super::slot::SlotState)) as its `run` changes,
-/// under the slot's lock. A slot made idle reads the head after counting itself, and the head's
-/// listener reads the count after the head moved; both with a fence between, so at least one
-/// of them sees the other: the slot is scheduled, by itself or by a worker the listener woke.
-#[derive(Default)]
-pub(super) struct IdleSlots(AtomicUsize);
-
-impl IdleSlots {
-    /// A slot became idle; the caller reads the head after this.
-    pub fn add(&self) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
-    }
-
-    /// A slot stopped being idle.
-    pub fn remove(&self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-
-    #[cfg(test)]
-    pub fn count(&self) -> usize {
-        self.0.load(Ordering::SeqCst)
-    }
-
-    /// Whether any slot is idle; the caller moved the head before this.
-    pub fn any(&self) -> bool {
-        fence(Ordering::SeqCst);
-        self.0.load(Ordering::SeqCst) > 0
-    }
 }
 
 /// What a worker is handed.

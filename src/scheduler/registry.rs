@@ -15,6 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwap;
 use parking_lot::{Mutex, MutexGuard};
@@ -48,6 +49,8 @@ pub(super) struct Registry {
     /// error), across its file-system steps: one change at a time. Taken first, before a
     /// slot's state and the queue; no reader takes it.
     pub(super) deploying: Mutex<()>,
+    /// Whether the published set is not empty, for the head listener (which holds no slot).
+    pub(super) loaded: Arc<AtomicBool>,
 }
 
 /// Why an operator's request was refused.
@@ -72,6 +75,7 @@ impl Registry {
         Registry {
             catalog: ArcSwap::from_pointee(Catalog::new()),
             deploying: Mutex::new(()),
+            loaded: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -84,6 +88,7 @@ impl Registry {
     pub(super) fn publish(&self, _deploying: &MutexGuard<'_, ()>, edit: impl FnOnce(&mut Catalog)) {
         let mut next = Catalog::clone(&self.catalog.load());
         edit(&mut next);
+        self.loaded.store(!next.is_empty(), Ordering::SeqCst);
         self.catalog.store(Arc::new(next));
     }
 }
@@ -244,7 +249,7 @@ impl Shared {
         let slot = self.faulted(name)?;
         let fault = {
             let mut state = slot.state.lock();
-            if state.run() != Run::Idle {
+            if state.run != Run::Idle {
                 return Err(ControlError::Busy(name.to_owned()));
             }
             let Some(fault) = &state.fault else {
@@ -252,7 +257,7 @@ impl Shared {
             };
             let fault = fault.report.clone();
             // Held, so that no worker runs it while the skip commits.
-            state.set_run(Run::Held);
+            state.run = Run::Held;
             fault
         };
         let record = SkipRecord {
@@ -274,7 +279,7 @@ impl Shared {
         }
         {
             let mut state = slot.state.lock();
-            state.set_run(Run::Idle);
+            state.run = Run::Idle;
             if skipped.is_ok() {
                 state.skipped.push(record);
             }

@@ -8,7 +8,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use super::batch::FaultSite;
-use super::queue::{IdleSlots, Signal};
+use super::queue::Signal;
 use super::status::{self, FaultReport, RebuildStatus, SkipRecord, State};
 use crate::log::{Position, Source};
 use crate::runtime::{Changes, Code, Fault, FaultKind};
@@ -53,11 +53,8 @@ pub(super) struct SlotState {
     pub checkpoint: Position,
     pub role: Role,
     /// Who has the slot: the scheduling handshake between the queue, the workers and the
-    /// operator's skip. At most one worker runs a slot, so its view has one writer. Changed
-    /// only by [`SlotState::set_run`], which keeps `idle` counting it.
-    run: Run,
-    /// The count of idle slots this one is part of while its `run` is idle.
-    idle: Arc<IdleSlots>,
+    /// operator's skip. At most one worker runs a slot, so its view has one writer.
+    pub run: Run,
     /// Paused by an operator: no worker takes it until resumed.
     pub paused: bool,
     pub fault: Option<Faulted>,
@@ -67,30 +64,6 @@ pub(super) struct SlotState {
     pub last_durable: Instant,
     /// Earliest start of the next turn of a serving version that caught up ([`REST_FACTOR`]).
     pub rested: Instant,
-}
-
-impl SlotState {
-    pub fn run(&self) -> Run {
-        self.run
-    }
-
-    /// Hands the slot on; a slot made idle reads the head afterwards (see [`IdleSlots`]).
-    pub fn set_run(&mut self, run: Run) {
-        match (self.run == Run::Idle, run == Run::Idle) {
-            (true, false) => self.idle.remove(),
-            (false, true) => self.idle.add(),
-            _ => {}
-        }
-        self.run = run;
-    }
-}
-
-impl Drop for SlotState {
-    fn drop(&mut self) {
-        if self.run == Run::Idle {
-            self.idle.remove();
-        }
-    }
 }
 
 /// What a reader waiting on a version sees.
@@ -161,9 +134,8 @@ impl Slot {
         sources: Vec<Source>,
         view: ViewStore,
         (checkpoint, skipped): (Position, Vec<SkipRecord>),
-        (role, retention, idle): (Role, usize, &Arc<IdleSlots>),
+        (role, retention): (Role, usize),
     ) -> Self {
-        idle.add();
         let feed = Arc::new(ChangeFeed::new(retention));
         if role == Role::Serving {
             feed.open(checkpoint);
@@ -180,7 +152,6 @@ impl Slot {
                 checkpoint,
                 role,
                 run: Run::Idle,
-                idle: idle.clone(),
                 paused: false,
                 fault: None,
                 skipped,
@@ -226,10 +197,10 @@ impl Slot {
             return Claim::No;
         }
         if state.role == Role::Serving && state.fault.is_none() && state.rested > Instant::now() {
-            state.set_run(Run::Resting);
+            state.run = Run::Resting;
             return Claim::Rest(state.rested);
         }
-        state.set_run(Run::Queued);
+        state.run = Run::Queued;
         Claim::Queue
     }
 
@@ -252,7 +223,7 @@ impl Slot {
             if let Some(slot) = Weak::upgrade(&slot) {
                 let mut state = slot.state.lock();
                 if state.run == Run::Resting {
-                    state.set_run(Run::Idle);
+                    state.run = Run::Idle;
                 }
                 drop(state);
                 drop(slot);
@@ -261,9 +232,8 @@ impl Slot {
         });
     }
 
-    /// Hands the slot on (see [`SlotState::set_run`]).
     pub fn set_run(&self, run: Run) {
-        self.state.lock().set_run(run);
+        self.state.lock().run = run;
     }
 
     /// Never runs again; wakes anyone waiting on its progress so they look for its successor.
