@@ -106,7 +106,10 @@ fn main() {
     ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
-    // Installing the tools builds the guests on the next build.
+    // Installing the tools builds the guests on the next build: while they are missing, the
+    // build watches a file that installing touches (`npm ci` runs package.json's
+    // `postinstall`; `scripts/setup-python` touches its requirements), since cargo cannot
+    // watch a path that does not exist yet without rerunning on every build.
     for (installed, otherwise) in [
         ("node_modules/.package-lock.json", "package.json"),
         (".venv/pyvenv.cfg", "sdk-py/requirements-build.txt"),
