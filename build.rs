@@ -24,6 +24,11 @@ const POLYGLOT: &[(&str, &str, Language)] = &[
         Language::Js,
     ),
     ("hostile-js", "tests/guests-js/hostile.js", Language::Js),
+    (
+        "stream-stats-raw-js",
+        "benches/guests-js/stream-stats-raw",
+        Language::Js,
+    ),
     ("recorder-js", "tests/guests-js/recorder.js", Language::Js),
     (
         "order-summary-py",
@@ -101,6 +106,7 @@ fn main() {
         "sdk-py",
         "tests/guests-js",
         "tests/guests-py",
+        "benches/guests-js",
         "package-lock.json",
         "scripts/build-projection",
     ] {

@@ -6,7 +6,8 @@
 //!   in-process (real log, real view files, the server's scheduler), written in Rust, in
 //!   JavaScript and in Python (when their tools are installed), against the Rust logic compiled
 //!   natively and run by the SDK harness over the same events; with each one's ratio to the
-//!   Rust component of the same run;
+//!   Rust component of the same run, and JavaScript `stream-stats` also written without the
+//!   SDK (what the SDK costs);
 //! - loading the JavaScript and Python `order-summary`: a compile from nothing, then a load
 //!   from the compile cache (what a restart pays), and a cold drop over HTTP to the first
 //!   answered query;
@@ -148,6 +149,8 @@ fn main() {
     // The Rust component's replay rate by projection, for its ratio to the native harness.
     let mut replayed: Vec<(&str, f64)> = Vec::new();
     let mut ratios: Vec<String> = Vec::new();
+    // The JavaScript components' replay rates by projection, for the SDK's cost.
+    let mut javascript: Vec<(&str, f64)> = Vec::new();
     let mut report = |name: &str, samples: Vec<f64>| {
         let m = median(samples.clone());
         eprintln!("{name}: median {m:.0} of {samples:.0?}");
@@ -183,6 +186,24 @@ fn main() {
                 Some(rust) => ratios.push(format!("{name} {language} / Rust: {:.2}", rate / rust)),
                 None => {}
             }
+            if language == "JavaScript" {
+                javascript.push((name, rate));
+            }
+        }
+    }
+    // What the JavaScript SDK costs: `stream-stats` written by hand against the WIT file alone
+    // (benches/guests-js/stream-stats-raw), replayed in the same run. Issue 15's target for
+    // the SDK is 0.80 of a hand-written projection.
+    let title = "replay stream-stats through wasm (JavaScript without the SDK), events/s";
+    let raw = selected(title).then(|| optional_guest("stream-stats-raw-js"));
+    if let Some(wasm) = raw.flatten() {
+        let samples = (0..runs).map(|_| replay(&log_dir, &wasm, &tokio)).collect();
+        let rate = report(title, samples);
+        if let Some((_, sdk)) = javascript.iter().find(|(n, _)| *n == "stream-stats") {
+            ratios.push(format!(
+                "stream-stats JavaScript with the SDK / without: {:.2}",
+                sdk / rate
+            ));
         }
     }
     for (name, run) in [

@@ -8,42 +8,29 @@ const TWO_32 = 4294967296;
 
 export class Event {
   /**
-   * @internal Built by the frame decoder, borrowing the batch's bytes: `at` is where the
-   * frame starts, `streamEnd` and `typeEnd` where the type's and the data's length prefixes
-   * are, `stop` where it ends.
+   * @internal Built by the frame decoder: `frame` is the batch (`{ bytes, view }`, a DataView
+   * over the bytes, shared by its events), `at` where this event's frame starts. The fields
+   * nearly every projection reads are decoded here, as plain properties: in the component's
+   * interpreter a getter is a call and every property set a lookup, so an event with few
+   * fields and no getter on the hot path is the cheapest to build and to read.
    */
-  constructor(bytes, view, at, position, streamEnd, typeEnd, stop) {
+  constructor(frame, at, position, revision, stream, type) {
     /** Global position in the log, from 1, gap-free. */
     this.position = position;
-    this._bytes = bytes;
-    this._view = view;
+    /** Revision in its stream, from 0. */
+    this.revision = revision;
+    /** The stream's name. */
+    this.stream = stream;
+    /** The event's type. */
+    this.type = type;
+    this._frame = frame;
     this._at = at;
-    this._streamEnd = streamEnd;
-    this._typeEnd = typeEnd;
-    this._stop = stop;
-    this._stream = undefined;
-    this._type = undefined;
-    this._data = undefined;
-  }
-
-  /** The stream's name. */
-  get stream() {
-    return (this._stream ??= utf8.decode(this._bytes.subarray(this._at + 48, this._streamEnd)));
-  }
-
-  /** The event's type. */
-  get type() {
-    return (this._type ??= utf8.decode(this._bytes.subarray(this._streamEnd + 4, this._typeEnd)));
-  }
-
-  /** Revision in its stream, from 0. */
-  get revision() {
-    return this._view.getUint32(this._at + 12, true) + this._view.getUint32(this._at + 16, true) * TWO_32;
   }
 
   /** Server time of the append, microseconds since the Unix epoch. */
   get recordedAt() {
-    return this._view.getUint32(this._at + 20, true) + this._view.getUint32(this._at + 24, true) * TWO_32;
+    const view = this._frame.view;
+    return view.getUint32(this._at + 20, true) + view.getUint32(this._at + 24, true) * TWO_32;
   }
 
   /** The stream's category: its name before the first `-`, or `null` when there is none. */
@@ -66,22 +53,27 @@ export class Event {
 
   /** The payload as JSON text. */
   get dataText() {
-    const at = this._typeEnd + 4;
-    return utf8.decode(this._bytes.subarray(at, at + this._view.getUint32(this._typeEnd, true)));
+    const typeEnd = this._typeEnd();
+    const at = typeEnd + 4;
+    return utf8.decode(this._frame.bytes.subarray(at, at + this._frame.view.getUint32(typeEnd, true)));
   }
 
   /** The metadata, parsed; `null` when the event has none. */
   get metadata() {
-    const lengthAt = this._typeEnd + 4 + this._view.getUint32(this._typeEnd, true);
-    const length = this._view.getUint32(lengthAt, true);
+    const { bytes, view } = this._frame;
+    const typeEnd = this._typeEnd();
+    const lengthAt = typeEnd + 4 + view.getUint32(typeEnd, true);
+    const stop = this._at + 4 + view.getUint32(this._at, true);
+    if (lengthAt + 4 > stop) throw new Error('malformed event batch: data overruns its frame');
+    const length = view.getUint32(lengthAt, true);
     if (length === 0) return null;
-    if (lengthAt + 4 + length !== this._stop) throw new Error('malformed event batch: metadata does not end its frame');
-    return JSON.parse(utf8.decode(this._bytes.subarray(lengthAt + 4, this._stop)));
+    if (lengthAt + 4 + length !== stop) throw new Error('malformed event batch: metadata does not end its frame');
+    return JSON.parse(utf8.decode(bytes.subarray(lengthAt + 4, stop)));
   }
 
   /** The event's id, in its usual text form (a UUID). */
   get id() {
-    const b = this._bytes;
+    const b = this._frame.bytes;
     const at = this._at + 28;
     let hex = '';
     for (let i = 0; i < 16; i++) {
@@ -89,6 +81,13 @@ export class Event {
       hex += HEX[b[at + i]];
     }
     return hex;
+  }
+
+  /** Where the type ends: the data's length prefix (the frame was checked when decoded). */
+  _typeEnd() {
+    const view = this._frame.view;
+    const streamEnd = this._at + 48 + view.getUint32(this._at + 44, true);
+    return streamEnd + 4 + view.getUint32(streamEnd, true);
   }
 
   toJSON() {

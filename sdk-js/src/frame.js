@@ -8,11 +8,11 @@
 // the same decoder as the component.
 
 import { Event } from './event.js';
-import { seed } from './random.js';
 
 const FIXED = 8 + 8 + 8 + 16;
 const TWO_32 = 4294967296;
 const encoder = new TextEncoder();
+const utf8 = new TextDecoder('utf-8', { fatal: true });
 
 /** Why a batch could not be decoded: the host and the guest disagree on the format. */
 export class FrameError extends Error {
@@ -29,15 +29,17 @@ export function forEachEvent(batch, each) {
 
 /**
  * Calls `apply(view, event)` for every event of `batch`, in order: the per-event path of every
- * component. The component runs JavaScript in an interpreter where a call, and above all a
- * native call (a DataView read, a TextDecoder call), costs a good part of a microsecond, so
- * only the frame's bounds and the position are read here; the stream, type, data and the rest
- * are decoded when the projection first asks (see `Event`). `current.event` is the event being
- * applied, for the caller to name it when `apply` throws.
+ * component. The component runs JavaScript in an interpreter where a call, a getter and above
+ * all a native call (a DataView read, a TextDecoder call) each cost a good part of a
+ * microsecond, so the frame's bounds are checked and the fields nearly every projection reads
+ * (position, revision, stream, type) decoded here, once; the data, metadata, id and time are
+ * decoded when the projection first asks (see `Event`). `current.event` is the event being
+ * applied, for the caller to name it when `apply` throws, and for `Math.random`'s seed.
  */
 export function eachEvent(batch, apply, view) {
   const bytes = batch instanceof Uint8Array ? batch : new Uint8Array(batch);
   const data = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const frame = { bytes, view: data };
   const end = bytes.byteLength;
   let at = 0;
   while (at < end) {
@@ -47,10 +49,15 @@ export function eachEvent(batch, apply, view) {
     if (streamEnd + 4 > stop) throw new FrameError('stream overruns its frame');
     const typeEnd = streamEnd + 4 + data.getUint32(streamEnd, true);
     if (typeEnd + 8 > stop || stop > end) throw new FrameError('frame overruns the batch');
-    const position = data.getUint32(at + 4, true) + data.getUint32(at + 8, true) * TWO_32;
-    const event = new Event(bytes, data, at, position, streamEnd, typeEnd, stop);
+    const event = new Event(
+      frame,
+      at,
+      data.getUint32(at + 4, true) + data.getUint32(at + 8, true) * TWO_32,
+      data.getUint32(at + 12, true) + data.getUint32(at + 16, true) * TWO_32,
+      utf8.decode(bytes.subarray(at + 4 + FIXED + 4, streamEnd)),
+      utf8.decode(bytes.subarray(streamEnd + 4, typeEnd)),
+    );
     current.event = event;
-    seed.pending = position;
     apply(view, event);
     at = stop;
   }

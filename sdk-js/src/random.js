@@ -2,16 +2,20 @@
 // batch in a fresh instance and cut batches differently on a rebuild. So `Math.random` (and
 // `crypto.getRandomValues`) draw from a small generator (mulberry32) seeded from the position
 // of the event being applied: the n-th draw while applying an event is the same on every
-// replay. It is seeded on the event's first draw (`seed.pending` is all the per-event cost).
+// replay. It is seeded on the event's first draw, so an event that draws nothing costs nothing.
 // The host freezes the clocks: `Date.now()` is 0 in a component.
 
-/** The position of the event being applied, until its first draw seeds the generator. */
-export const seed = { pending: 0, state: 0 };
+import { current } from './frame.js';
+
+/** The generator's state, and the event that seeded it. */
+const seed = { event: null, state: 0 };
 
 function next() {
-  if (seed.pending !== 0) {
-    seed.state = Math.imul(seed.pending | 0, 0x9e3779b1) ^ Math.floor(seed.pending / 4294967296);
-    seed.pending = 0;
+  const event = current.event;
+  if (event !== seed.event && event !== null) {
+    const position = event.position;
+    seed.state = Math.imul(position | 0, 0x9e3779b1) ^ Math.floor(position / 4294967296);
+    seed.event = event;
   }
   seed.state = (seed.state + 0x6d2b79f5) | 0;
   let t = seed.state;

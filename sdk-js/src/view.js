@@ -8,12 +8,12 @@
 const encoder = new TextEncoder();
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 
-// What an overlay entry `{ state, value }` holds: one field for what would otherwise be two
-// (parsed? changed?), since every property access is a lookup in the component's interpreter.
+// A batch's documents live in two maps, a key in at most one of them. `edited` holds the
+// documents changed in this batch, parsed (the hot path: `edit` of a key edited before is one
+// lookup); `overlay` holds the other keys the batch touched as entries `{ state, value }`:
 const STORED = 0; // `value` is the stored bytes (Uint8Array), or null for no document
 const PARSED = 1; // `value` is the parsed document, unchanged
-const EDITED = 2; // `value` is the parsed document, changed in this batch
-const WRITTEN = 3; // `value` is bytes to store, or null to delete, set in this batch
+const WRITTEN = 2; // `value` is bytes to store, or null to delete, set in this batch
 
 // `write-many`'s length of a deleted document (sdk/wit/projection.wit).
 const DELETED = 0xffffffff;
@@ -60,7 +60,9 @@ export class View {
   /** `backend` has `get(key) -> Uint8Array | undefined`, `put(key, bytes)`, `delete(key)`. */
   constructor(backend) {
     this._backend = backend;
-    /** key -> { state, value } */
+    /** key -> the document, changed in this batch */
+    this._edited = new Map();
+    /** key -> { state, value }, for the other keys the batch touched */
     this._overlay = new Map();
   }
 
@@ -69,20 +71,26 @@ export class View {
    * change it through `update`, or replace it with `put`, so the change is written.
    */
   get(key) {
+    const doc = this._edited.get(key);
+    if (doc !== undefined) return doc;
     const entry = this._entry(key);
-    return parsed(entry, key) ? entry.value : undefined;
+    if (entry.state === PARSED) return entry.value;
+    if (entry.value === null) return undefined;
+    return this._parse(key, entry);
   }
 
   /** Whether a document is stored under `key`. */
   has(key) {
+    if (this._edited.has(key)) return true;
     const entry = this._entry(key);
-    return entry.state === PARSED || entry.state === EDITED || entry.value !== null;
+    return entry.state === PARSED || entry.value !== null;
   }
 
   /** Stores `doc` (any JSON value) under `key`. */
   put(key, doc) {
     if (doc === undefined) throw new TypeError(`put(${JSON.stringify(key)}): the document is undefined; use delete to remove one`);
-    this._overlay.set(key, { state: EDITED, value: doc });
+    this._edited.set(key, doc);
+    this._overlay.delete(key);
   }
 
   /**
@@ -99,43 +107,58 @@ export class View {
    * callback), and what `update` does around its callback.
    */
   edit(key, init) {
-    // `_entry` and `parsed` written out: this is most projections' hot path, and a call costs
-    // a good part of a microsecond in the component's interpreter. A document edited before
-    // in this batch costs one lookup and one comparison.
-    let entry = this._overlay.get(key);
+    // Most projections' hot path, in an interpreter where every call and property lookup
+    // costs: a document edited before in this batch is one lookup.
+    const doc = this._edited.get(key);
+    if (doc !== undefined) return doc;
+    return this._editFirst(key, init);
+  }
+
+  /** `edit` of a key not edited yet in this batch. */
+  _editFirst(key, init) {
+    const entry = this._overlay.get(key);
+    let doc;
     if (entry === undefined) {
-      entry = { state: STORED, value: this._backend.get(key) ?? null };
-      this._overlay.set(key, entry);
+      const bytes = this._backend.get(key);
+      doc = bytes === undefined || bytes === null ? undefined : parse(key, bytes);
+    } else {
+      this._overlay.delete(key);
+      if (entry.state === PARSED) doc = entry.value;
+      else if (entry.value !== null) doc = parse(key, entry.value);
     }
-    if (entry.state !== EDITED) {
-      if (!parsed(entry, key)) entry.value = init === undefined ? {} : init();
-      entry.state = EDITED;
-    }
-    return entry.value;
+    if (doc === undefined) doc = init === undefined ? {} : init();
+    this._edited.set(key, doc);
+    return doc;
   }
 
   /** Like `update`, but only when a document exists; returns `undefined` otherwise. */
   updateExisting(key, change) {
-    const entry = this._entry(key);
-    if (!parsed(entry, key)) return undefined;
-    entry.state = EDITED;
-    return change(entry.value);
+    let doc = this._edited.get(key);
+    if (doc === undefined) {
+      if (!this.has(key)) return undefined;
+      doc = this.edit(key);
+    }
+    return change(doc);
   }
 
   /** Removes the document under `key`, if any. */
   delete(key) {
+    this._edited.delete(key);
     this._overlay.set(key, { state: WRITTEN, value: null });
   }
 
   /** The stored bytes under `key`, or `undefined`. */
   getBytes(key) {
+    const doc = this._edited.get(key);
+    if (doc !== undefined) return encoder.encode(JSON.stringify(doc));
     const entry = this._entry(key);
-    if (entry.state === PARSED || entry.state === EDITED) return encoder.encode(JSON.stringify(entry.value));
+    if (entry.state === PARSED) return encoder.encode(JSON.stringify(entry.value));
     return entry.value ?? undefined;
   }
 
   /** Stores raw bytes under `key`. */
   putBytes(key, bytes) {
+    this._edited.delete(key);
     this._overlay.set(key, { state: WRITTEN, value: bytes });
   }
 
@@ -146,29 +169,28 @@ export class View {
    */
   flush() {
     const backend = this._backend;
+    // The changes: key, then bytes to store or null to delete.
+    const parts = [];
+    for (const [key, doc] of this._edited) parts.push(key, encode(key, doc));
+    for (const [key, entry] of this._overlay) {
+      if (entry.state === WRITTEN) parts.push(key, entry.value);
+    }
+    this._edited.clear();
+    this._overlay.clear();
     if (typeof backend.writeMany !== 'function') {
-      for (const [key, entry] of this._overlay) {
-        if (entry.state < EDITED) continue;
-        const value = stored(key, entry);
-        if (value === null) backend.delete(key);
-        else backend.put(key, value);
+      for (let i = 0; i < parts.length; i += 2) {
+        if (parts[i + 1] === null) backend.delete(parts[i]);
+        else backend.put(parts[i], parts[i + 1]);
       }
-      this._overlay.clear();
       return;
     }
-    // Keys and documents encoded, then framed into one buffer: u32 n + key, u32 n + document
-    // (n = DELETED, no bytes, to delete).
-    const parts = [];
-    let size = 0;
-    for (const [key, entry] of this._overlay) {
-      if (entry.state < EDITED) continue;
-      const k = encoder.encode(key);
-      const value = stored(key, entry);
-      parts.push(k, value);
-      size += 8 + k.byteLength + (value === null ? 0 : value.byteLength);
-    }
-    this._overlay.clear();
     if (parts.length === 0) return;
+    // Framed into one buffer: u32 n + key, u32 n + document (n = DELETED, no bytes, to delete).
+    let size = 0;
+    for (let i = 0; i < parts.length; i += 2) {
+      parts[i] = encoder.encode(parts[i]);
+      size += 8 + parts[i].byteLength + (parts[i + 1] === null ? 0 : parts[i + 1].byteLength);
+    }
     const out = new Uint8Array(size);
     const data = new DataView(out.buffer);
     let at = 0;
@@ -190,6 +212,7 @@ export class View {
     backend.writeMany(out);
   }
 
+  /** The overlay's entry for `key`, read from the backend when the batch has not touched it. */
   _entry(key) {
     let entry = this._overlay.get(key);
     if (entry === undefined) {
@@ -198,25 +221,33 @@ export class View {
     }
     return entry;
   }
+
+  /** Parses a stored or written entry's bytes; a written one moves to `edited`. */
+  _parse(key, entry) {
+    const doc = parse(key, entry.value);
+    if (entry.state === WRITTEN) {
+      this._overlay.delete(key);
+      this._edited.set(key, doc);
+    } else {
+      entry.state = PARSED;
+      entry.value = doc;
+    }
+    return doc;
+  }
 }
 
-/** The bytes a changed entry stores, or `null` to delete. */
-function stored(key, entry) {
-  if (entry.state === WRITTEN) return entry.value;
-  const text = JSON.stringify(entry.value);
+/** A changed document's bytes. */
+function encode(key, doc) {
+  const text = JSON.stringify(doc);
   if (text === undefined) throw new TypeError(`the document under ${JSON.stringify(key)} is not JSON`);
   return encoder.encode(text);
 }
 
-/** Parses a stored or written entry in place (keeping whether it changed); whether it holds a document. */
-function parsed(entry, key) {
-  if (entry.state === PARSED || entry.state === EDITED) return true;
-  if (entry.value === null) return false;
+/** Stored bytes as a document. */
+function parse(key, bytes) {
   try {
-    entry.value = JSON.parse(utf8.decode(entry.value));
+    return JSON.parse(utf8.decode(bytes));
   } catch (e) {
     throw new Error(`document ${JSON.stringify(key)} is not JSON: ${e.message}`);
   }
-  entry.state = entry.state === WRITTEN ? EDITED : PARSED;
-  return true;
 }
