@@ -41,6 +41,11 @@ const POLYGLOT: &[(&str, &str, Language)] = &[
         Language::Py,
     ),
     ("hostile-py", "tests/guests-py/hostile.py", Language::Py),
+    (
+        "stream-stats-raw-py",
+        "benches/guests-py/stream-stats-raw",
+        Language::Py,
+    ),
     ("recorder-py", "tests/guests-py/recorder.py", Language::Py),
 ];
 
@@ -107,6 +112,7 @@ fn main() {
         "tests/guests-js",
         "tests/guests-py",
         "benches/guests-js",
+        "benches/guests-py",
         "package-lock.json",
         "scripts/build-projection",
     ] {

@@ -6,8 +6,8 @@
 //!   in-process (real log, real view files, the server's scheduler), written in Rust, in
 //!   JavaScript and in Python (when their tools are installed), against the Rust logic compiled
 //!   natively and run by the SDK harness over the same events; with each one's ratio to the
-//!   Rust component of the same run, and JavaScript `stream-stats` also written without the
-//!   SDK (what the SDK costs);
+//!   Rust component of the same run, and `stream-stats` in JavaScript and Python also written
+//!   without the SDK (what the SDKs cost);
 //! - loading the JavaScript and Python `order-summary`: a compile from nothing, then a load
 //!   from the compile cache (what a restart pays), and a cold drop over HTTP to the first
 //!   answered query;
@@ -149,8 +149,8 @@ fn main() {
     // The Rust component's replay rate by projection, for its ratio to the native harness.
     let mut replayed: Vec<(&str, f64)> = Vec::new();
     let mut ratios: Vec<String> = Vec::new();
-    // The JavaScript components' replay rates by projection, for the SDK's cost.
-    let mut javascript: Vec<(&str, f64)> = Vec::new();
+    // The `stream-stats` replay rates by language, for what the SDKs cost.
+    let mut with_sdk: Vec<(&str, f64)> = Vec::new();
     let mut report = |name: &str, samples: Vec<f64>| {
         let m = median(samples.clone());
         eprintln!("{name}: median {m:.0} of {samples:.0?}");
@@ -186,22 +186,28 @@ fn main() {
                 Some(rust) => ratios.push(format!("{name} {language} / Rust: {:.2}", rate / rust)),
                 None => {}
             }
-            if language == "JavaScript" {
-                javascript.push((name, rate));
+            if name == "stream-stats" {
+                with_sdk.push((language, rate));
             }
         }
     }
-    // What the JavaScript SDK costs: `stream-stats` written by hand against the WIT file alone
-    // (benches/guests-js/stream-stats-raw), replayed in the same run. Issue 15's target for
-    // the SDK is 0.80 of a hand-written projection.
-    let title = "replay stream-stats through wasm (JavaScript without the SDK), events/s";
-    let raw = selected(title).then(|| optional_guest("stream-stats-raw-js"));
-    if let Some(wasm) = raw.flatten() {
+    // What the JavaScript and Python SDKs cost: `stream-stats` written by hand against the
+    // WIT file alone (benches/guests-js/stream-stats-raw, benches/guests-py/...), replayed in
+    // the same run. Issue 15's target for the SDKs is 0.80 of a hand-written projection.
+    for (language, wasm) in [
+        ("JavaScript", "stream-stats-raw-js"),
+        ("Python", "stream-stats-raw-py"),
+    ] {
+        let title =
+            format!("replay stream-stats through wasm ({language} without the SDK), events/s");
+        let Some(wasm) = selected(&title).then(|| optional_guest(wasm)).flatten() else {
+            continue;
+        };
         let samples = (0..runs).map(|_| replay(&log_dir, &wasm, &tokio)).collect();
-        let rate = report(title, samples);
-        if let Some((_, sdk)) = javascript.iter().find(|(n, _)| *n == "stream-stats") {
+        let rate = report(&title, samples);
+        if let Some((_, sdk)) = with_sdk.iter().find(|(l, _)| *l == language) {
             ratios.push(format!(
-                "stream-stats JavaScript with the SDK / without: {:.2}",
+                "stream-stats {language} with the SDK / without: {:.2}",
                 sdk / rate
             ));
         }
