@@ -65,17 +65,26 @@ class Event:
     @property
     def raw_data(self):
         """The payload as JSON bytes."""
-        at = self._data_at
-        (n,) = _U32.unpack_from(self._batch, at)
-        return self._batch[at + 4 : at + 4 + n]
+        at, n, _, _ = self._data_and_metadata()
+        return self._batch[at : at + n]
 
     @property
     def metadata(self):
         """The metadata, parsed; ``None`` when the event has none."""
-        at = self._data_at
-        at += 4 + _U32.unpack_from(self._batch, at)[0]
-        (n,) = _U32.unpack_from(self._batch, at)
-        return json.loads(self._batch[at + 4 : at + 4 + n]) if n else None
+        _, _, at, n = self._data_and_metadata()
+        return json.loads(self._batch[at : at + n]) if n else None
+
+    def _data_and_metadata(self):
+        """Where the data and the metadata are, and their lengths, checked against the frame."""
+        batch, at = self._batch, self._data_at
+        stop = self._at + 4 + _U32.unpack_from(batch, self._at)[0]
+        (n,) = _U32.unpack_from(batch, at)
+        if at + 4 + n + 4 > stop:
+            raise FrameError("data overruns its frame")
+        (m,) = _U32.unpack_from(batch, at + 4 + n)
+        if at + 8 + n + m != stop:
+            raise FrameError("metadata does not end its frame")
+        return at + 4, n, at + 8 + n, m
 
     @property
     def id(self):
@@ -115,15 +124,8 @@ def decode_batch(batch):
         p += 4 + n
         if p + 4 > stop:
             raise FrameError("type overruns its frame")
-        data_at = p
-        (n,) = u32(view, p)
-        p += 4 + n
-        if p + 4 > stop:
-            raise FrameError("data overruns its frame")
-        (n,) = u32(view, p)
-        if p + 4 + n != stop:
-            raise FrameError("metadata does not end its frame")
-        events.append(Event(position, revision, recorded_at, stream, type_, view, at, data_at))
+        # The data and metadata are checked when first read (`Event._data_and_metadata`).
+        events.append(Event(position, revision, recorded_at, stream, type_, view, at, p))
         at = stop
     return events
 

@@ -68,47 +68,54 @@ class MapBackend:
 class View:
     """The projection's documents for one batch."""
 
-    __slots__ = ("_backend", "_overlay")
+    # `_edited`: key -> document, for the documents changed in this batch (the hot path: `edit`
+    # of a key edited before is one lookup); `_overlay`: key -> [kind, value, changed] for the
+    # other keys the batch touched. A key is in at most one of them.
+    __slots__ = ("_backend", "_edited", "_overlay")
 
     def __init__(self, backend):
         self._backend = backend
+        self._edited = {}
         self._overlay = {}
 
     def get(self, key, default=None):
         """The document under ``key``, or ``default``. The object is the view's own for this
         batch: change it through ``update``, or replace it with ``put``, so the change is
         written."""
+        doc = self._edited.get(key, _MISSING)
+        if doc is not _MISSING:
+            return doc
         entry = self._entry(key)
         return entry[1] if _parsed(entry, key) else default
 
     def __contains__(self, key):
+        if key in self._edited:
+            return True
         entry = self._entry(key)
         return entry[0] == _PARSED or entry[1] is not None
 
     def put(self, key, doc):
         """Stores ``doc`` (any JSON value) under ``key``."""
-        entry = self._overlay.get(key)
-        if entry is None:
-            self._overlay[key] = [_PARSED, doc, True]
-        else:
-            entry[0] = _PARSED
-            entry[1] = doc
-            entry[2] = True
+        self._edited[key] = doc
+        self._overlay.pop(key, None)
 
     def edit(self, key, default=dict):
         """The document under ``key`` (or ``default()`` when there is none) to change in place:
         it is written when the batch ends. The cheapest way to change a document (no
         callback), and what ``update`` does around its callback."""
-        # `_entry` written out: this is most projections' hot path, and a call counts.
-        entry = self._overlay.get(key)
+        doc = self._edited.get(key, _MISSING)
+        if doc is not _MISSING:
+            return doc
+        return self._edit_first(key, default)
+
+    def _edit_first(self, key, default):
+        """``edit`` of a key not edited yet in this batch."""
+        entry = self._overlay.pop(key, None)
         if entry is None:
-            entry = self._overlay[key] = [_STORED, self._backend.get(key), True]
-        else:
-            entry[2] = True
-        if entry[0] != _PARSED and not _parsed(entry, key):
-            entry[0] = _PARSED
-            entry[1] = default()
-        return entry[1]
+            entry = [_STORED, self._backend.get(key), False]
+        doc = entry[1] if _parsed(entry, key) else default()
+        self._edited[key] = doc
+        return doc
 
     def update(self, key, change, default=dict):
         """Changes the document under ``key`` in place, starting from ``default()`` when there
@@ -117,24 +124,40 @@ class View:
 
     def update_existing(self, key, change):
         """Like ``update``, but only when a document exists; ``None`` otherwise."""
-        entry = self._entry(key)
-        if not _parsed(entry, key):
-            return None
-        entry[2] = True
-        return change(entry[1])
+        doc = self._edited.get(key, _MISSING)
+        if doc is _MISSING:
+            entry = self._entry(key)
+            if not _parsed(entry, key):
+                return None
+            doc = self._edited[key] = entry[1]
+            del self._overlay[key]
+        return change(doc)
 
     def delete(self, key):
         """Removes the document under ``key``, if any."""
+        self._edited.pop(key, None)
         self._overlay[key] = [_STORED, None, True]
 
     def get_bytes(self, key):
         """The stored bytes under ``key``, or ``None``."""
+        doc = self._edited.get(key, _MISSING)
+        if doc is not _MISSING:
+            return encode(doc)
         entry = self._entry(key)
         return encode(entry[1]) if entry[0] == _PARSED else entry[1]
 
     def put_bytes(self, key, value):
         """Stores raw bytes under ``key``."""
+        self._edited.pop(key, None)
         self._overlay[key] = [_STORED, bytes(value), True]
+
+    def _changes(self):
+        """The batch's changes, (key, bytes or ``None`` to delete), and forgets them."""
+        changes = [(key, encode(doc)) for key, doc in self._edited.items()]
+        changes.extend((key, _stored(kind, value)) for key, (kind, value, changed) in self._overlay.items() if changed)
+        self._edited.clear()
+        self._overlay.clear()
+        return changes
 
     def flush(self):
         """Writes every document changed in this batch to the backend; the SDK calls it. A
@@ -142,31 +165,24 @@ class View:
         one call, framed: u32 n + key, u32 n + document (n = 0xFFFFFFFF to delete)."""
         backend = self._backend
         write_many = getattr(backend, "write_many", None)
+        changes = self._changes()
         if write_many is None:
-            for key, (kind, value, changed) in self._overlay.items():
-                if not changed:
-                    continue
-                value = _stored(kind, value)
+            for key, value in changes:
                 if value is None:
                     backend.delete(key)
                 else:
                     backend.put(key, value)
-            self._overlay.clear()
             return
         parts = []
-        for key, (kind, value, changed) in self._overlay.items():
-            if not changed:
-                continue
+        for key, value in changes:
             k = key.encode()
             parts.append(len(k).to_bytes(4, "little"))
             parts.append(k)
-            value = _stored(kind, value)
             if value is None:
                 parts.append(_DELETED_BYTES)
             else:
                 parts.append(len(value).to_bytes(4, "little"))
                 parts.append(value)
-        self._overlay.clear()
         if parts:
             write_many(b"".join(parts))
 
@@ -175,6 +191,9 @@ class View:
         if entry is None:
             entry = self._overlay[key] = [_STORED, self._backend.get(key), False]
         return entry
+
+
+_MISSING = object()
 
 
 def _parsed(entry, key):
