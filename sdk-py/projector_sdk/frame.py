@@ -40,7 +40,8 @@ class Event:
         self.stream = stream
         self.type = type_
         # The id, the data and the metadata stay in the batch (`at`: where the frame starts,
-        # `data_at`: where the data's length prefix is, both checked) until asked for.
+        # `data_at`: where the data's length prefix is, checked to be in the frame; the data's
+        # and metadata's own bounds are checked when first read) until asked for.
         self._batch = batch
         self._at = at
         self._data_at = data_at
