@@ -1,5 +1,5 @@
-//! Builds the guest components (the example projections and the test suite's hostile guests)
-//! for `wasm32-wasip2`, so nobody builds a `.wasm` by hand and none is committed. They go to
+//! Builds the guest components (the example projections, the test suite's hostile guests and
+//! the benches' projections written without an SDK) for `wasm32-wasip2`, so nobody builds a `.wasm` by hand and none is committed. They go to
 //! their own target directory (an inner cargo cannot share the outer one's lock), and their
 //! folder is handed to the server and the tests as `PROJECTOR_GUESTS_DIR`.
 
