@@ -115,6 +115,8 @@ fn main() {
         "benches/guests-py",
         "package-lock.json",
         "scripts/build-projection",
+        "scripts/componentize-js.mjs",
+        "scripts/js-glue.mjs",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }

@@ -82,7 +82,7 @@ async fn raw_view(
     }
 }
 
-/// The shop's events, order by order: ids and customers with `/` and `%`, removes (some of a
+/// The shop's events, order by order: ids and customers with `/`, `%` and non-ASCII, removes (some of a
 /// whole line), cancellations with reasons that need escaping, shipments, and events the
 /// projection must ignore (another type, another category).
 fn shop() -> Vec<(String, Value)> {
@@ -98,6 +98,8 @@ fn shop() -> Vec<(String, Value)> {
         let customer = match i % 5 {
             0 => "c/1".to_owned(),
             1 => "c%2".to_owned(),
+            // Keys of several UTF-8 bytes per character (and a surrogate pair in JavaScript).
+            4 => "ç/🙂".to_owned(),
             n => format!("c{n}"),
         };
         let mut events = vec![
@@ -173,6 +175,7 @@ async fn order_summary_in_rust_javascript_and_python_writes_the_same_bytes() {
     let (_, rust) = &views[0];
     assert_eq!(rust.len(), 240, "an order and a customer entry per order");
     assert!(rust.contains_key("order/a%2F1") && rust.contains_key("customer/c%252/b%256"));
+    assert!(rust.contains_key("customer/ç%2F🙂/4"), "{:?}", rust.keys());
     assert!(
         rust.values().any(|v| v.contains(r#"\"0\"\n\u0001\t🙂 \\"#)),
         "{rust:?}"
@@ -392,6 +395,7 @@ fn the_sdks_native_tests_pass() {
                 "projections/order-summary-js/test/",
             ])
             .arg("projections/stream-stats-js/test/")
+            .arg("scripts/test/")
             .output()
             .expect("running node --test");
         stdout(&output);
