@@ -1,6 +1,7 @@
-// Builds a JavaScript component the way `componentize-js` does (same engine, same options as
-// scripts/build-projection gave its command line), with the host-call bindings it generates
-// made cheaper. Called by scripts/build-projection:
+// Builds a JavaScript component as the `componentize-js` command would (the same engine; the
+// world `projection` of sdk/wit; its `http` and `fetch-event` features off), with the host-call
+// glue it generates made cheaper (the rewrites are in js-glue.mjs). Called by
+// scripts/build-projection:
 //
 //   node scripts/componentize-js.mjs NODE_MODULES BUNDLE.js WIT_DIR OUT.wasm
 //

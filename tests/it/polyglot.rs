@@ -82,9 +82,9 @@ async fn raw_view(
     }
 }
 
-/// The shop's events, order by order: ids and customers with `/`, `%` and non-ASCII, removes (some of a
-/// whole line), cancellations with reasons that need escaping, shipments, and events the
-/// projection must ignore (another type, another category).
+/// The shop's events, order by order: ids and customers with `/`, `%` and non-ASCII, removes
+/// (some of a whole line), cancellations with reasons that need escaping, shipments, and events
+/// the projection must ignore (another type, another category).
 fn shop() -> Vec<(String, Value)> {
     let skus = ["tea", "cup", "pot/big", "50%off"];
     let mut requests = Vec::new();
