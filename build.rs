@@ -1,7 +1,8 @@
 //! Builds the guest components (the example projections, the test suite's hostile guests and
-//! the benches' projections written without an SDK) for `wasm32-wasip2`, so nobody builds a `.wasm` by hand and none is committed. They go to
-//! their own target directory (an inner cargo cannot share the outer one's lock), and their
-//! folder is handed to the server and the tests as `PROJECTOR_GUESTS_DIR`.
+//! the benches' projections written without an SDK) for `wasm32-wasip2`, so nobody builds a
+//! `.wasm` by hand and none is committed. They go to their own target directory (an inner cargo
+//! cannot share the outer one's lock), and their folder is handed to the server and the tests
+//! as `PROJECTOR_GUESTS_DIR`.
 
 use std::path::PathBuf;
 use std::process::Command;
