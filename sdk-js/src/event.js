@@ -103,3 +103,48 @@ export class Event {
     };
   }
 }
+
+/**
+ * Set when a projection reads the type of a `LazyTypeEvent`; the frame decoder resets it per
+ * batch and then builds `Event`s, whose type is a plain field. (A module binding, not an
+ * object's property: the cheapest read in the interpreter, made once an event.)
+ */
+export let typeRead = false;
+
+/** Clears `typeRead`, for a new batch. */
+export function resetTypeRead() {
+  typeRead = false;
+}
+
+/**
+ * @internal An `Event` whose `type` is decoded when first read. Decoding a type is two native
+ * calls (a `subarray` and a `TextDecoder` call, about a microsecond in the component's
+ * interpreter), which a projection that never reads it should not pay; but a getter on every
+ * read costs a projection that reads it more than decoding it once. So the frame decoder
+ * builds these only until the first type is read in a batch, and plain `Event`s after: a
+ * projection pays either way at most one getter per batch. The first read makes `type` an
+ * own field, as on an `Event`.
+ */
+export function LazyTypeEvent(frame, at, position, revision, stream) {
+  this.position = position;
+  this.revision = revision;
+  this.stream = stream;
+  this._frame = frame;
+  this._at = at;
+}
+
+LazyTypeEvent.prototype = Object.create(Event.prototype, {
+  constructor: { value: LazyTypeEvent, writable: true, configurable: true },
+  type: {
+    get() {
+      typeRead = true;
+      const view = this._frame.view;
+      const streamEnd = this._at + 48 + view.getUint32(this._at + 44, true);
+      const typeEnd = streamEnd + 4 + view.getUint32(streamEnd, true);
+      const type = utf8.decode(this._frame.bytes.subarray(streamEnd + 4, typeEnd));
+      Object.defineProperty(this, 'type', { value: type, writable: true, enumerable: true, configurable: true });
+      return type;
+    },
+    configurable: true,
+  },
+});

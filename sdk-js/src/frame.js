@@ -7,7 +7,7 @@
 // `encodeEvent` is the host's side, used by the native harness so that its tests go through
 // the same decoder as the component.
 
-import { Event } from './event.js';
+import { Event, LazyTypeEvent, resetTypeRead, typeRead } from './event.js';
 
 const FIXED = 8 + 8 + 8 + 16;
 const TWO_32 = 4294967296;
@@ -32,8 +32,9 @@ export function forEachEvent(batch, each) {
  * component. The component runs JavaScript in an interpreter where a call, a getter and above
  * all a native call (a DataView read, a TextDecoder call) each cost a good part of a
  * microsecond, so the frame's bounds are checked and the fields nearly every projection reads
- * (position, revision, stream, type) decoded here, once; the data, metadata, id and time are
- * decoded when the projection first asks (see `Event`). `current.event` is the event being
+ * (position, revision, stream, and the type once the projection has read one) decoded here,
+ * once; the data, metadata, id and time are decoded when the projection first asks (see
+ * `Event`). `currentEvent` is the event being
  * applied, for the caller to name it when `apply` throws, and for `Math.random`'s seed.
  */
 export function eachEvent(batch, apply, view) {
@@ -41,6 +42,9 @@ export function eachEvent(batch, apply, view) {
   const data = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const frame = { bytes, view: data };
   const end = bytes.byteLength;
+  // Types are decoded when read until a projection first reads one (see `LazyTypeEvent`).
+  let lazyType = true;
+  resetTypeRead();
   let at = 0;
   while (at < end) {
     if (end - at < 4 + FIXED + 16) throw new FrameError('truncated frame');
@@ -49,23 +53,30 @@ export function eachEvent(batch, apply, view) {
     if (streamEnd + 4 > stop) throw new FrameError('stream overruns its frame');
     const typeEnd = streamEnd + 4 + data.getUint32(streamEnd, true);
     if (typeEnd + 8 > stop || stop > end) throw new FrameError('frame overruns the batch');
-    const event = new Event(
-      frame,
-      at,
-      data.getUint32(at + 4, true) + data.getUint32(at + 8, true) * TWO_32,
-      data.getUint32(at + 12, true) + data.getUint32(at + 16, true) * TWO_32,
-      utf8.decode(bytes.subarray(at + 4 + FIXED + 4, streamEnd)),
-      utf8.decode(bytes.subarray(streamEnd + 4, typeEnd)),
-    );
-    current.event = event;
+    const position = data.getUint32(at + 4, true) + data.getUint32(at + 8, true) * TWO_32;
+    const revision = data.getUint32(at + 12, true) + data.getUint32(at + 16, true) * TWO_32;
+    const stream = utf8.decode(bytes.subarray(at + 4 + FIXED + 4, streamEnd));
+    const event = lazyType
+      ? new LazyTypeEvent(frame, at, position, revision, stream)
+      : new Event(frame, at, position, revision, stream, utf8.decode(bytes.subarray(streamEnd + 4, typeEnd)));
+    currentEvent = event;
     apply(view, event);
+    if (lazyType && typeRead) lazyType = false;
     at = stop;
   }
-  current.event = null;
+  currentEvent = null;
 }
 
-/** The event `eachEvent` is applying. */
-export const current = { event: null };
+/**
+ * The event `eachEvent` is applying, or `null`. (A module binding, not an object's property:
+ * the cheapest write in the interpreter, made once an event.)
+ */
+export let currentEvent = null;
+
+/** Sets `currentEvent` to `null`. */
+export function clearCurrentEvent() {
+  currentEvent = null;
+}
 
 /** The events of `batch` as an array. */
 export function decodeBatch(batch) {

@@ -2,7 +2,7 @@
 // and in the native harness alike).
 
 import { Subscription } from './subscription.js';
-import { current, eachEvent, FrameError } from './frame.js';
+import { clearCurrentEvent, currentEvent, eachEvent, FrameError } from './frame.js';
 
 /** Why a projection refused an event; the host records it, with the event, as the fault. */
 export class ProjectionError extends Error {
@@ -42,9 +42,9 @@ export function applyBatch(projection, view, batch) {
   try {
     eachEvent(batch, projection.apply, view);
   } catch (e) {
-    const event = current.event;
+    const event = currentEvent;
     if (event === null || e instanceof FrameError) throw e;
-    current.event = null;
+    clearCurrentEvent();
     throw new ProjectionError(`${event.type} event at position ${event.position} (stream ${event.stream}): ${describe(e)}`);
   }
   view.flush();

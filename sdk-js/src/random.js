@@ -5,13 +5,13 @@
 // replay. It is seeded on the event's first draw, so an event that draws nothing costs nothing.
 // The host freezes the clocks: `Date.now()` is 0 in a component.
 
-import { current } from './frame.js';
+import { currentEvent } from './frame.js';
 
 /** The generator's state, and the event that seeded it. */
 const seed = { event: null, state: 0 };
 
 function next() {
-  const event = current.event;
+  const event = currentEvent;
   if (event !== seed.event && event !== null) {
     const position = event.position;
     seed.state = Math.imul(position | 0, 0x9e3779b1) ^ Math.floor(position / 4294967296);

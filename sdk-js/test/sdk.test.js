@@ -5,6 +5,8 @@ import {
   decodeBatch,
   defineProjection,
   encodeEvent,
+  Event,
+  forEachEvent,
   joinFrames,
   FrameError,
   MapBackend,
@@ -32,6 +34,29 @@ test('frames decode to the events they encode', () => {
   assert.equal(b.category, null);
   assert.equal(b.metadata, null);
   assert.deepEqual(b.data, []);
+});
+
+test('a type reads the same whether decoded with its event or when first read', () => {
+  const types = ['Placed', 'Ünïcode/🙂', 'T', '', 'Shipped'];
+  const batch = joinFrames(
+    types.map((type, i) => encodeEvent({ position: i + 1, revision: i, recordedAt: 0, id, stream: `s-${i}`, type, data: '{}' })),
+  );
+  // Never read while decoding: every type is decoded when first read, later.
+  const kept = decodeBatch(batch);
+  assert.deepEqual(kept.map((e) => e.type), types);
+  assert.ok(kept.every((e) => e instanceof Event));
+  assert.deepEqual(JSON.parse(JSON.stringify(kept[1])).type, 'Ünïcode/🙂');
+  assert.ok(Object.keys(kept[1]).includes('type'), 'a read type is an own field');
+  // Read from the third event on: the decoder decodes it with the event from then on.
+  const seen = [];
+  forEachEvent(batch, (event) => {
+    const read = event.position >= 3 ? event.type : undefined;
+    seen.push({ read, own: Object.hasOwn(event, 'type'), plain: Object.getPrototypeOf(event) === Event.prototype, event });
+  });
+  assert.deepEqual(seen.map((s) => s.read), [undefined, undefined, 'T', '', 'Shipped']);
+  assert.deepEqual(seen.map((s) => s.own), [false, false, true, true, true]);
+  assert.deepEqual(seen.map((s) => s.plain), [false, false, false, true, true]);
+  assert.deepEqual(seen.map((s) => s.event.type), types);
 });
 
 test('a malformed batch is refused, not misread', () => {
