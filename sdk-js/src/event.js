@@ -6,27 +6,17 @@ const HEX = Array.from({ length: 256 }, (_, n) => n.toString(16).padStart(2, '0'
 
 const TWO_32 = 4294967296;
 
+/**
+ * One event. The frame decoder builds each batch's events with the constructors of
+ * `batchEvents`, whose prototypes lead here: `event instanceof Event` holds for every event.
+ *
+ * Own fields: `position` (global position in the log, from 1, gap-free), `revision` (in its
+ * stream, from 0), `stream` (the stream's name), `type` (the event's type; see
+ * `batchEvents`). The fields nearly every projection reads are plain properties: in the
+ * component's interpreter a getter is a call and every property set a lookup, so an event
+ * with few fields and no getter on the hot path is the cheapest to build and to read.
+ */
 export class Event {
-  /**
-   * @internal Built by the frame decoder: `frame` is the batch (`{ bytes, view }`, a DataView
-   * over the bytes, shared by its events), `at` where this event's frame starts. The fields
-   * nearly every projection reads are decoded here, as plain properties: in the component's
-   * interpreter a getter is a call and every property set a lookup, so an event with few
-   * fields and no getter on the hot path is the cheapest to build and to read.
-   */
-  constructor(frame, at, position, revision, stream, type) {
-    /** Global position in the log, from 1, gap-free. */
-    this.position = position;
-    /** Revision in its stream, from 0. */
-    this.revision = revision;
-    /** The stream's name. */
-    this.stream = stream;
-    /** The event's type. */
-    this.type = type;
-    this._frame = frame;
-    this._at = at;
-  }
-
   /** Server time of the append, microseconds since the Unix epoch. */
   get recordedAt() {
     const view = this._frame.view;
@@ -105,8 +95,8 @@ export class Event {
 }
 
 /**
- * Set when a projection reads the type of a `LazyTypeEvent`; the frame decoder resets it per
- * batch and then builds `Event`s, whose type is a plain field. (A module binding, not an
+ * Set when a projection reads the type of a `Lazy` event (see `batchEvents`); the frame
+ * decoder resets it per batch and then builds `Decoded` events, whose type is a plain field. (A module binding, not an
  * object's property: the cheapest read in the interpreter, made once an event.)
  */
 export let typeRead = false;
@@ -116,25 +106,7 @@ export function resetTypeRead() {
   typeRead = false;
 }
 
-/**
- * @internal An `Event` whose `type` is decoded when first read. Decoding a type is two native
- * calls (a `subarray` and a `TextDecoder` call, about a microsecond in the component's
- * interpreter), which a projection that never reads it should not pay; but a getter on every
- * read costs a projection that reads it more than decoding it once. So the frame decoder
- * builds these only until the first type is read in a batch, and plain `Event`s after: a
- * projection pays either way at most one getter per batch. The first read makes `type` an
- * own field, as on an `Event`.
- */
-export function LazyTypeEvent(frame, at, position, revision, stream) {
-  this.position = position;
-  this.revision = revision;
-  this.stream = stream;
-  this._frame = frame;
-  this._at = at;
-}
-
-LazyTypeEvent.prototype = Object.create(Event.prototype, {
-  constructor: { value: LazyTypeEvent, writable: true, configurable: true },
+const lazyType = Object.create(Event.prototype, {
   type: {
     get() {
       typeRead = true;
@@ -148,3 +120,35 @@ LazyTypeEvent.prototype = Object.create(Event.prototype, {
     configurable: true,
   },
 });
+
+/**
+ * @internal The two constructors of one batch's events: `frame` is the batch (`{ bytes,
+ * view }`, a DataView over the bytes) and sits on their prototype, shared, rather than on
+ * each event; `at` is where an event's frame starts.
+ *
+ * `Lazy` builds an event whose `type` is decoded when first read. Decoding a type is two
+ * native calls (a `subarray` and a `TextDecoder` call, about a microsecond in the component's
+ * interpreter), which a projection that never reads it should not pay; but a getter on every
+ * read costs a projection that reads it more than decoding it once. So the frame decoder
+ * builds `Lazy` events only until a type is first read in a batch, and `Decoded` ones after:
+ * a projection pays at most one getter per batch either way. The first read makes `type` an
+ * own field, as on a `Decoded` event.
+ */
+export function batchEvents(frame) {
+  function Decoded(at, position, revision, stream, type) {
+    this.position = position;
+    this.revision = revision;
+    this.stream = stream;
+    this.type = type;
+    this._at = at;
+  }
+  Decoded.prototype = Object.create(Event.prototype, { _frame: { value: frame } });
+  function Lazy(at, position, revision, stream) {
+    this.position = position;
+    this.revision = revision;
+    this.stream = stream;
+    this._at = at;
+  }
+  Lazy.prototype = Object.create(lazyType, { _frame: { value: frame } });
+  return { Decoded, Lazy };
+}

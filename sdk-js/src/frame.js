@@ -7,7 +7,7 @@
 // `encodeEvent` is the host's side, used by the native harness so that its tests go through
 // the same decoder as the component.
 
-import { Event, LazyTypeEvent, resetTypeRead, typeRead } from './event.js';
+import { batchEvents, resetTypeRead, typeRead } from './event.js';
 
 const FIXED = 8 + 8 + 8 + 16;
 const TWO_32 = 4294967296;
@@ -40,25 +40,28 @@ export function forEachEvent(batch, each) {
 export function eachEvent(batch, apply, view) {
   const bytes = batch instanceof Uint8Array ? batch : new Uint8Array(batch);
   const data = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const frame = { bytes, view: data };
+  const { Decoded, Lazy } = batchEvents({ bytes, view: data });
   const end = bytes.byteLength;
-  // Types are decoded when read until a projection first reads one (see `LazyTypeEvent`).
+  // Types are decoded when read until a projection first reads one (see `batchEvents`).
   let lazyType = true;
   resetTypeRead();
   let at = 0;
+  // Offsets as literals (a named constant is a lookup and an addition at run time here):
+  // 44 = 4 + FIXED, where the stream's length is; 48 where the stream starts; 60 = the
+  // smallest frame (4 + FIXED + four lengths).
   while (at < end) {
-    if (end - at < 4 + FIXED + 16) throw new FrameError('truncated frame');
+    if (end - at < 60) throw new FrameError('truncated frame');
     const stop = at + 4 + data.getUint32(at, true);
-    const streamEnd = at + 4 + FIXED + 4 + data.getUint32(at + 4 + FIXED, true);
+    const streamEnd = at + 48 + data.getUint32(at + 44, true);
     if (streamEnd + 4 > stop) throw new FrameError('stream overruns its frame');
     const typeEnd = streamEnd + 4 + data.getUint32(streamEnd, true);
     if (typeEnd + 8 > stop || stop > end) throw new FrameError('frame overruns the batch');
-    const position = data.getUint32(at + 4, true) + data.getUint32(at + 8, true) * TWO_32;
-    const revision = data.getUint32(at + 12, true) + data.getUint32(at + 16, true) * TWO_32;
-    const stream = utf8.decode(bytes.subarray(at + 4 + FIXED + 4, streamEnd));
+    const position = data.getUint32(at + 4, true) + data.getUint32(at + 8, true) * 4294967296;
+    const revision = data.getUint32(at + 12, true) + data.getUint32(at + 16, true) * 4294967296;
+    const stream = utf8.decode(bytes.subarray(at + 48, streamEnd));
     const event = lazyType
-      ? new LazyTypeEvent(frame, at, position, revision, stream)
-      : new Event(frame, at, position, revision, stream, utf8.decode(bytes.subarray(streamEnd + 4, typeEnd)));
+      ? new Lazy(at, position, revision, stream)
+      : new Decoded(at, position, revision, stream, utf8.decode(bytes.subarray(streamEnd + 4, typeEnd)));
     currentEvent = event;
     apply(view, event);
     if (lazyType && typeRead) lazyType = false;
