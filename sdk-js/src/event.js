@@ -96,8 +96,9 @@ export class Event {
 
 /**
  * Set when a projection reads the type of a `Lazy` event (see `batchEvents`); the frame
- * decoder resets it per batch and then builds `Decoded` events, whose type is a plain field. (A module binding, not an
- * object's property: the cheapest read in the interpreter, made once an event.)
+ * decoder resets it per batch and then builds `Decoded` events, whose type is a plain field.
+ * (A module binding, not an object's property: the cheapest read in the interpreter, made
+ * once an event.)
  */
 export let typeRead = false;
 

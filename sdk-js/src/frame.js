@@ -34,8 +34,8 @@ export function forEachEvent(batch, each) {
  * microsecond, so the frame's bounds are checked and the fields nearly every projection reads
  * (position, revision, stream, and the type once the projection has read one) decoded here,
  * once; the data, metadata, id and time are decoded when the projection first asks (see
- * `Event`). `currentEvent` is the event being
- * applied, for the caller to name it when `apply` throws, and for `Math.random`'s seed.
+ * `Event`). `currentEvent` is the event being applied, for the caller to name it when `apply`
+ * throws, and for `Math.random`'s seed.
  */
 export function eachEvent(batch, apply, view) {
   const bytes = batch instanceof Uint8Array ? batch : new Uint8Array(batch);
