@@ -12,9 +12,12 @@ import json
 import struct
 import uuid
 
-_HEAD = struct.Struct("<IQQQ16xI")  # length, position, revision, recorded-at, (id), stream length
+_HEAD = struct.Struct("<IQQ24xI")  # length, position, revision, (recorded-at, id), stream length
 _U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
 _FIXED = 8 + 8 + 8 + 16
+# The smallest frame: the length, the fixed fields and four lengths.
+_MIN_FRAME = 4 + _FIXED + 16
 
 
 class FrameError(Exception):
@@ -25,27 +28,34 @@ class FrameError(Exception):
 
 
 class Event:
-    """One event of the log, as a projection receives it. ``data`` and ``metadata`` are
-    parsed on first use: a projection that filters on ``type`` never pays for JSON it skips."""
+    """One event of the log, as a projection receives it: ``position`` (global, from 1,
+    gap-free), ``revision`` (in its stream, from 0), ``stream``, ``type``, ``recorded_at``,
+    ``id``, ``category``, and ``data`` and ``metadata``, parsed on first use: a projection
+    that filters on ``type`` never pays for JSON it skips.
 
-    __slots__ = ("position", "revision", "recorded_at", "stream", "type", "_batch", "_at", "_data_at", "_data")
+    Only the frame decoder (:func:`events`) makes events. The fields nearly every projection
+    reads are slots, filled when the event is decoded; the rest stay in the batch (``_batch``,
+    from ``_at``, where the event's frame starts; the frame's bounds were checked up to its
+    data's length) until asked for. ``type`` is a slot too, but left empty until read while no
+    event of the batch has had its type read (see :func:`events`)."""
 
-    def __init__(self, position, revision, recorded_at, stream, type_, batch, at, data_at):
-        #: Global position in the log, from 1, gap-free.
-        self.position = position
-        #: Revision in its stream, from 0.
-        self.revision = revision
-        #: Server time of the append, microseconds since the Unix epoch.
-        self.recorded_at = recorded_at
-        self.stream = stream
-        self.type = type_
-        # The id, the data and the metadata stay in the batch (`at`: where the frame starts,
-        # `data_at`: where the data's length prefix is, checked to be in the frame; the data's
-        # and metadata's own bounds are checked when first read) until asked for.
-        self._batch = batch
-        self._at = at
-        self._data_at = data_at
-        self._data = _UNPARSED
+    __slots__ = ("position", "revision", "stream", "type", "_batch", "_at", "_data")
+
+    def __getattr__(self, name):
+        # Python calls this only for an attribute it did not find: here an empty `type`.
+        if name != "type":
+            raise AttributeError(f"'Event' object has no attribute {name!r}")
+        global _type_read
+        _type_read = True
+        batch = self._batch
+        p = self._type_at()
+        self.type = str(batch[p + 4 : p + 4 + _U32.unpack_from(batch, p)[0]], "utf-8")
+        return self.type
+
+    @property
+    def recorded_at(self):
+        """Server time of the append, microseconds since the Unix epoch."""
+        return _U64.unpack_from(self._batch, self._at + 20)[0]
 
     @property
     def category(self):
@@ -75,9 +85,21 @@ class Event:
         _, _, at, n = self._data_and_metadata()
         return json.loads(self._batch[at : at + n]) if n else None
 
+    @property
+    def id(self):
+        """The event's id, a UUID in text form."""
+        at = self._at + 28
+        return str(uuid.UUID(bytes=self._batch[at : at + 16]))
+
+    def _type_at(self):
+        """Where the type's length is."""
+        return self._at + 48 + _U32.unpack_from(self._batch, self._at + 44)[0]
+
     def _data_and_metadata(self):
         """Where the data and the metadata are, and their lengths, checked against the frame."""
-        batch, at = self._batch, self._data_at
+        batch = self._batch
+        p = self._type_at()
+        at = p + 4 + _U32.unpack_from(batch, p)[0]
         stop = self._at + 4 + _U32.unpack_from(batch, self._at)[0]
         (n,) = _U32.unpack_from(batch, at)
         if at + 4 + n + 4 > stop:
@@ -87,48 +109,65 @@ class Event:
             raise FrameError("metadata does not end its frame")
         return at + 4, n, at + 8 + n, m
 
-    @property
-    def id(self):
-        """The event's id, a UUID in text form."""
-        at = self._at + 28
-        return str(uuid.UUID(bytes=self._batch[at : at + 16]))
-
     def __repr__(self):
         return f"Event(position={self.position}, stream={self.stream!r}, type={self.type!r})"
 
 
 _UNPARSED = object()
 
+# Set when a projection reads an empty `type` (see `Event.__getattr__`); `events` clears it.
+_type_read = False
+
+
+def events(batch):
+    """The events of ``batch`` (bytes), in order, decoded one at a time as the caller asks
+    for them: the per-event path of every component.
+
+    A component runs Python in an interpreter where every call and every object costs, so
+    the frame's bounds are checked and the fields nearly every projection reads (position,
+    revision, stream) decoded here, once, into a bare object (no ``__init__`` call); the rest
+    waits in the batch. The type costs a slice and a decode, which a projection that never
+    reads it should not pay, while a lazy read (an attribute miss, then ``__getattr__``) costs
+    more than decoding it: so the events' types are left empty until a projection first reads
+    one, and decoded with the event after that. A projection pays at most one lazy read per
+    batch either way."""
+    global _type_read
+    head = _HEAD.unpack_from
+    u32 = _U32.unpack_from
+    new = object.__new__
+    end = len(batch)
+    at = 0
+    _type_read = False
+    lazy = True
+    while at < end:
+        if end - at < _MIN_FRAME:
+            raise FrameError("truncated frame")
+        length, position, revision, n = head(batch, at)
+        stop = at + 4 + length
+        p = at + 48 + n
+        if p + 4 > stop:
+            raise FrameError("stream overruns its frame")
+        type_end = p + 4 + u32(batch, p)[0]
+        if type_end + 8 > stop or stop > end:
+            raise FrameError("frame overruns the batch")
+        event = new(Event)
+        event.position = position
+        event.revision = revision
+        event.stream = str(batch[at + 48 : p], "utf-8")
+        event._batch = batch
+        event._at = at
+        event._data = _UNPARSED
+        if not lazy:
+            event.type = str(batch[p + 4 : type_end], "utf-8")
+        yield event
+        if lazy and _type_read:
+            lazy = False
+        at = stop
+
 
 def decode_batch(batch):
     """The events of ``batch`` (bytes), in order."""
-    events = []
-    view = batch if isinstance(batch, bytes) else bytes(batch)
-    end = len(view)
-    at = 0
-    head = _HEAD.unpack_from
-    u32 = _U32.unpack_from
-    while at < end:
-        if end - at < _HEAD.size:
-            raise FrameError("truncated frame")
-        length, position, revision, recorded_at, stream_length = head(view, at)
-        stop = at + 4 + length
-        if stop > end or length < _FIXED + 16:
-            raise FrameError("frame longer than the batch")
-        p = at + _HEAD.size
-        stream = str(view[p : p + stream_length], "utf-8")
-        p += stream_length
-        if p + 4 > stop:
-            raise FrameError("stream overruns its frame")
-        (n,) = u32(view, p)
-        type_ = str(view[p + 4 : p + 4 + n], "utf-8")
-        p += 4 + n
-        if p + 4 > stop:
-            raise FrameError("type overruns its frame")
-        # The data and metadata are checked when first read (`Event._data_and_metadata`).
-        events.append(Event(position, revision, recorded_at, stream, type_, view, at, p))
-        at = stop
-    return events
+    return list(events(batch if isinstance(batch, bytes) else bytes(batch)))
 
 
 def encode_event(position, revision, recorded_at, id_bytes, stream, type_, data, metadata=b""):

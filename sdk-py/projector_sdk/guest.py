@@ -13,8 +13,7 @@ from componentize_py_types import Err
 from wit_world import WitWorld as _World
 from wit_world.imports import types, view as host
 
-from .frame import decode_batch
-from .projection import Projection, apply_events, describe, install_determinism
+from .projection import Projection, apply_batch, describe, install_determinism
 from .view import View
 
 
@@ -31,7 +30,7 @@ def component(module):
 
         def apply(self, batch):
             try:
-                apply_events(projection, View(host), decode_batch(batch))
+                apply_batch(projection, View(host), batch)
             except Exception as e:  # noqa: BLE001 - any failure is the batch's err
                 raise Err(describe(e)) from None
 

@@ -5,8 +5,8 @@ the subscription selects are applied, in batches of any size."""
 
 import json
 
-from .frame import decode_batch, encode_event
-from .projection import Projection, apply_events, install_determinism
+from .frame import encode_event
+from .projection import Projection, apply_batch, install_determinism
 from .view import MapBackend, View
 
 
@@ -59,7 +59,7 @@ class Harness:
             scratch = MapBackend(self.backend.documents)
             undo = install_determinism()
             try:
-                apply_events(self.projection, View(scratch), decode_batch(frames))
+                apply_batch(self.projection, View(scratch), frames)
             finally:
                 undo()
             self.backend = scratch

@@ -4,6 +4,8 @@ and in the native harness alike)."""
 import os
 import random
 
+from .frame import events
+
 
 class ProjectionError(Exception):
     """Why a projection refused an event; the host records it, with the event, as the fault."""
@@ -74,13 +76,14 @@ class Projection:
         self.apply = apply
 
 
-def apply_events(projection, view, events):
-    """Applies ``events`` to ``view`` in order, each with the randomness seeded from its
-    position, and flushes the view. A failure is raised again as a ``ProjectionError`` naming
-    the event."""
+def apply_batch(projection, view, batch):
+    """Applies the events of ``batch`` (the host's framed bytes) to ``view`` in order, each with
+    the randomness seeded from its position, and flushes the view. A failure is raised again
+    as a ``ProjectionError`` naming the event; a malformed batch as a ``FrameError``."""
     apply = projection.apply
-    for event in events:
-        _rng.pending = event.position
+    rng = _rng
+    for event in events(batch if isinstance(batch, bytes) else bytes(batch)):
+        rng.pending = event.position
         try:
             apply(view, event)
         except Exception as e:  # noqa: BLE001 - any failure refuses the event

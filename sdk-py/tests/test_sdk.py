@@ -29,6 +29,28 @@ def test_a_malformed_batch_is_refused_not_misread():
         decode_batch(frame[:2])
 
 
+def test_types_read_now_and_then_are_each_event_s_own():
+    # The decoder leaves types empty until a projection reads one, then decodes them with
+    # each event: whichever way an event got its type, it is that event's.
+    batch = b"".join(encode_event(n + 1, n, 0, ID, f"s-{n % 3}", f"T{n}", "{}") for n in range(6))
+    module = types.ModuleType("reader")
+    seen = []
+
+    def apply(view, event):
+        if event.position in (3, 6):
+            seen.append((event.position, event.type))
+        view.put(f"{event.position}", event.position)
+
+    module.apply = apply
+    from projector_sdk.projection import Projection, apply_batch
+
+    apply_batch(Projection(module), View(MapBackend()), batch)
+    assert seen == [(3, "T2"), (6, "T5")]
+    assert [(e.type, e.recorded_at) for e in decode_batch(batch)] == [(f"T{n}", 0) for n in range(6)]
+    with pytest.raises(AttributeError):
+        decode_batch(batch)[0].nonesuch
+
+
 def test_subscriptions_select_by_source_and_type():
     assert Subscription.all().matches("order-1", "X") and Subscription.all().matches("x", "Y")
     orders = Subscription(categories=["order"]).of_types(["OrderPlaced"])
