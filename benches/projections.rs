@@ -13,7 +13,8 @@
 //!   answered query;
 //! - view GETs by key over HTTP against the release server, with latency percentiles.
 //!
-//! `BENCH_RUNS` (default 3) sets the runs per figure, `BENCH_EVENTS` the log's size, and
+//! `BENCH_RUNS` (default 3) sets the runs per figure, `BENCH_EVENTS` the log's size,
+//! `BENCH_BATCH` the events per batch of the replays (default the server's), and
 //! `BENCH_ONLY` (a word, such as `replay`, `natively` or `GET`) keeps the measurements whose
 //! name contains it.
 
@@ -47,7 +48,7 @@ fn replay(log_dir: &Path, wasm: &[u8], tokio: &tokio::runtime::Runtime) -> f64 {
         projections: scratch.path().join("deploy"),
         views: scratch.path().join("views"),
         workers: 2,
-        max_batch: DEFAULT_BATCH,
+        max_batch: env_number("BENCH_BATCH", DEFAULT_BATCH as u64) as usize,
         watch: false,
         quota: None,
         account: "root".into(),
