@@ -16,6 +16,9 @@ _HEAD = struct.Struct("<IQQ24xI")  # length, position, revision, (recorded-at, i
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _FIXED = 8 + 8 + 8 + 16
+# Where, in a frame, the stream's length is and where the stream starts.
+_STREAM_LENGTH_AT = 4 + _FIXED
+_STREAM_AT = _HEAD.size
 # The smallest frame: the length, the fixed fields and four lengths.
 _MIN_FRAME = 4 + _FIXED + 16
 
@@ -93,7 +96,7 @@ class Event:
 
     def _type_at(self):
         """Where the type's length is."""
-        return self._at + 48 + _U32.unpack_from(self._batch, self._at + 44)[0]
+        return self._at + _STREAM_AT + _U32.unpack_from(self._batch, self._at + _STREAM_LENGTH_AT)[0]
 
     def _data_and_metadata(self):
         """Where the data and the metadata are, and their lengths, checked against the frame."""
@@ -120,7 +123,7 @@ _type_read = False
 
 
 def events(batch):
-    """The events of ``batch`` (bytes), in order, decoded one at a time as the caller asks
+    """The events of ``batch`` (bytes, or a buffer copied to bytes), in order, decoded one at a time as the caller asks
     for them: the per-event path of every component.
 
     A component runs Python in an interpreter where every call and every object costs, so
@@ -135,6 +138,8 @@ def events(batch):
     head = _HEAD.unpack_from
     u32 = _U32.unpack_from
     new = object.__new__
+    stream_at = _STREAM_AT
+    batch = batch if isinstance(batch, bytes) else bytes(batch)
     end = len(batch)
     at = 0
     _type_read = False
@@ -144,7 +149,7 @@ def events(batch):
             raise FrameError("truncated frame")
         length, position, revision, n = head(batch, at)
         stop = at + 4 + length
-        p = at + 48 + n
+        p = at + stream_at + n
         if p + 4 > stop:
             raise FrameError("stream overruns its frame")
         type_end = p + 4 + u32(batch, p)[0]
@@ -153,7 +158,7 @@ def events(batch):
         event = new(Event)
         event.position = position
         event.revision = revision
-        event.stream = str(batch[at + 48 : p], "utf-8")
+        event.stream = str(batch[at + stream_at : p], "utf-8")
         event._batch = batch
         event._at = at
         event._data = _UNPARSED
@@ -167,7 +172,7 @@ def events(batch):
 
 def decode_batch(batch):
     """The events of ``batch`` (bytes), in order."""
-    return list(events(batch if isinstance(batch, bytes) else bytes(batch)))
+    return list(events(batch))
 
 
 def encode_event(position, revision, recorded_at, id_bytes, stream, type_, data, metadata=b""):

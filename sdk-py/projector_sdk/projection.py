@@ -82,7 +82,7 @@ def apply_batch(projection, view, batch):
     as a ``ProjectionError`` naming the event; a malformed batch as a ``FrameError``."""
     apply = projection.apply
     rng = _rng
-    for event in events(batch if isinstance(batch, bytes) else bytes(batch)):
+    for event in events(batch):
         rng.pending = event.position
         try:
             apply(view, event)

@@ -5,6 +5,7 @@ import pytest
 
 from projector_sdk import FrameError, MapBackend, ProjectionError, Subscription, View, decode_batch, encode_event
 from projector_sdk.harness import Harness
+from projector_sdk.projection import Projection, apply_batch
 
 ID = bytes([0x01, 0x93, 0xA0, 0xC4, 0x5F, 0x3E, 0x70, 0, 0x80, 0, 0, 0, 0, 0, 0, 0x2A])
 
@@ -42,8 +43,6 @@ def test_types_read_now_and_then_are_each_event_s_own():
         view.put(f"{event.position}", event.position)
 
     module.apply = apply
-    from projector_sdk.projection import Projection, apply_batch
-
     apply_batch(Projection(module), View(MapBackend()), batch)
     assert seen == [(3, "T2"), (6, "T5")]
     assert [(e.type, e.recorded_at) for e in decode_batch(batch)] == [(f"T{n}", 0) for n in range(6)]
