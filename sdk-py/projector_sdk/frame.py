@@ -123,8 +123,8 @@ _type_read = False
 
 
 def events(batch):
-    """The events of ``batch`` (bytes, or a buffer copied to bytes), in order, decoded one at a time as the caller asks
-    for them: the per-event path of every component.
+    """The events of ``batch`` (bytes, or a buffer copied to bytes), in order, decoded one at
+    a time as the caller asks for them: the per-event path of every component.
 
     A component runs Python in an interpreter where every call and every object costs, so
     the frame's bounds are checked and the fields nearly every projection reads (position,
