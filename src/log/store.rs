@@ -831,7 +831,8 @@ pub struct StreamLengths {
 }
 
 impl StreamLengths {
-    fn get(&self, stream: &str) -> Option<u64> {
+    /// The stream's length, if known without reading the tables.
+    pub fn get(&self, stream: &str) -> Option<u64> {
         self.group
             .get(stream)
             .or_else(|| self.committed.get(stream))
@@ -853,33 +854,115 @@ impl StreamLengths {
     }
 }
 
+/// What a group appends to one partition, checked and encoded before any table is written:
+/// its records (for the write-ahead segment, then the events table), each event's id (for the
+/// ids table) and its extents (for the tail once the group commits).
+#[derive(Default)]
+pub struct Staged {
+    pub logged: wal::Records,
+    /// Each staged event's id, with its position.
+    ids: Vec<(u128, Position)>,
+    pub appended: Vec<Extent>,
+    record: Vec<u8>,
+}
+
+/// How far a [`Staged`] had got: what was staged after it is what [`WriteTables::insert_from`]
+/// writes.
+#[derive(Clone, Copy, Default)]
+pub struct StagedMark {
+    logged: usize,
+    ids: usize,
+}
+
+impl Staged {
+    /// Checks `request` against its stream's length `len` (the log's, or the group's so far)
+    /// and, if it passes, stages its events after `*head`, advancing `*head`. A request that
+    /// fails the check stages nothing. Idempotent retries are not recognised here: see
+    /// [`WriteTables::append`].
+    pub fn stage(
+        &mut self,
+        request: &AppendRequest,
+        len: u64,
+        head: &mut Position,
+        recorded_at: u64,
+        lengths: &mut StreamLengths,
+    ) -> Result<AppendOutcome, AppendError> {
+        let stream = request.stream.as_str();
+        if !request.expected.admits(len) {
+            return Err(AppendError::WrongExpectedRevision {
+                stream: stream.to_owned(),
+                expected: request.expected,
+                current: len.checked_sub(1),
+            });
+        }
+        let first_position = *head + 1;
+        let count = request.events.len() as u64;
+        for (i, event) in request.events.iter().enumerate() {
+            let position = first_position + i as u64;
+            self.record.clear();
+            codec::encode(&mut self.record, stream, len + i as u64, recorded_at, event);
+            self.logged.push(position, &self.record);
+            self.ids.push((event.id.uuid().as_u128(), position));
+        }
+        lengths.group.insert(stream.to_owned(), len + count);
+        self.appended.push(Extent {
+            stream: stream.to_owned(),
+            first_revision: len,
+            first_position,
+            count,
+        });
+        *head += count;
+        Ok(AppendOutcome {
+            first_position,
+            first_revision: len,
+            ids: request.events.iter().map(|e| e.id.uuid()).collect(),
+            deduplicated: false,
+        })
+    }
+
+    fn mark(&self) -> StagedMark {
+        StagedMark {
+            logged: self.logged.byte_len(),
+            ids: self.ids.len(),
+        }
+    }
+}
+
 /// The tables of one write transaction, opened once per group commit.
 pub struct WriteTables<'txn> {
     txn: &'txn WriteTransaction,
     partition: Arc<Partition>,
     events: Table<'txn, u64, &'static [u8]>,
     ids: Table<'txn, u128, u64>,
-    record: Vec<u8>,
-    /// Extents this group appended, for the tail once it commits.
-    pub appended: Vec<Extent>,
-    /// The records this group wrote, for the write-ahead segment.
-    pub logged: wal::Records,
+    /// What the group appends to this partition.
+    pub staged: Staged,
 }
 
 impl<'txn> WriteTables<'txn> {
+    /// Opens the partition's tables in `txn`, with what the group staged for it so far.
     pub fn open(
         txn: &'txn WriteTransaction,
         partition: Arc<Partition>,
+        staged: Staged,
     ) -> Result<Self, StorageError> {
         Ok(Self {
             txn,
             events: txn.open_table(partition.tables.events())?,
             ids: txn.open_table(partition.tables.ids())?,
             partition,
-            record: Vec::new(),
-            appended: Vec::new(),
-            logged: wal::Records::default(),
+            staged,
         })
+    }
+
+    /// Writes into the tables what was staged after `mark` (from the start: all of it).
+    pub fn insert_from(&mut self, mark: StagedMark) -> Result<(), StorageError> {
+        for (position, record) in self.staged.logged.iter_from(mark.logged) {
+            self.events.insert(position, record)?;
+        }
+        for &(id, position) in &self.staged.ids[mark.ids..] {
+            self.ids.insert(id, position)?;
+        }
+        Ok(())
     }
 
     /// Writes the whole tail into the index tables and records how far they now reach.
@@ -902,8 +985,9 @@ impl<'txn> WriteTables<'txn> {
         Ok(tail.extents.len())
     }
 
-    /// Checks `request` against the log as this transaction sees it and, if it passes, writes
-    /// it after `*head`, advancing `*head`. A request that fails a check writes nothing.
+    /// Checks `request` against the log as this transaction sees it (the group's earlier
+    /// requests included) and, if it passes, writes it after `*head`, advancing `*head`. A
+    /// request that fails a check writes nothing.
     pub fn append(
         &mut self,
         request: &AppendRequest,
@@ -916,42 +1000,16 @@ impl<'txn> WriteTables<'txn> {
             Some(len) => len,
             None => self.indexed_length(stream)?,
         };
-
         if let Some(outcome) = self.replayed(request)? {
             return Ok(outcome);
         }
-        if !request.expected.admits(len) {
-            return Err(AppendError::WrongExpectedRevision {
-                stream: stream.to_owned(),
-                expected: request.expected,
-                current: len.checked_sub(1),
-            });
-        }
-
-        let first_position = *head + 1;
-        let count = request.events.len() as u64;
-        for (i, event) in request.events.iter().enumerate() {
-            let position = first_position + i as u64;
-            self.record.clear();
-            codec::encode(&mut self.record, stream, len + i as u64, recorded_at, event);
-            self.events.insert(position, self.record.as_slice())?;
-            self.ids.insert(event.id.uuid().as_u128(), position)?;
-            self.logged.push(position, &self.record);
-        }
-        lengths.group.insert(stream.to_owned(), len + count);
-        self.appended.push(Extent {
-            stream: stream.to_owned(),
-            first_revision: len,
-            first_position,
-            count,
-        });
-        *head += count;
-        Ok(AppendOutcome {
-            first_position,
-            first_revision: len,
-            ids: request.events.iter().map(|e| e.id.uuid()).collect(),
-            deduplicated: false,
-        })
+        let mark = self.staged.mark();
+        let outcome = self
+            .staged
+            .stage(request, len, head, recorded_at, lengths)?;
+        // Written at once, so that a later request of the group sees these ids.
+        self.insert_from(mark)?;
+        Ok(outcome)
     }
 
     /// The partition this transaction writes.

@@ -204,6 +204,11 @@ pub enum EventId {
 }
 
 impl EventId {
+    /// Whether the client chose the id (so that a retry can be recognised by it).
+    pub fn is_client(self) -> bool {
+        matches!(self, Self::Client(_))
+    }
+
     pub fn uuid(self) -> Uuid {
         match self {
             Self::Client(id) | Self::Generated(id) => id,

@@ -205,6 +205,24 @@ pub struct Records {
 }
 
 impl Records {
+    /// The bytes pushed so far: where the next record goes, for [`Records::iter_from`].
+    pub fn byte_len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// The records pushed from byte `at` on (a [`Records::byte_len`] taken before), as
+    /// (position, record).
+    pub fn iter_from(&self, at: usize) -> impl Iterator<Item = (u64, &[u8])> {
+        let mut rest = &self.bytes[at..];
+        std::iter::from_fn(move || {
+            let (position, tail) = rest.split_first_chunk::<8>()?;
+            let (len, tail) = tail.split_first_chunk::<4>()?;
+            let (record, tail) = tail.split_at(u32::from_le_bytes(*len) as usize);
+            rest = tail;
+            Some((u64::from_le_bytes(*position), record))
+        })
+    }
+
     pub fn push(&mut self, position: u64, record: &[u8]) {
         self.count += 1;
         self.bytes.extend_from_slice(&position.to_le_bytes());

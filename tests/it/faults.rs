@@ -189,6 +189,56 @@ async fn a_group_refused_after_its_frame_was_written_stays_refused_across_a_cras
     assert_eq!(body["first_position"].as_u64(), Some(head + 1));
 }
 
+/// The same for a group whose frame is written before redb's transaction is even begun (an
+/// append with generated ids to a stream the writer knows the length of): a failure while the
+/// transaction is filled, or at its commit, retracts the frame, and the group stays refused,
+/// also after a crash.
+#[tokio::test]
+async fn a_group_written_frame_first_and_refused_stays_refused_across_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path());
+    let client = client();
+    let mut head = orders(&client, &server, 0, 3).await;
+    for (notes, point) in (1..).zip(["log-commit-staged", "log-commit-logged"]) {
+        failpoint(&client, &server, point, "return(eio)").await;
+        let refused = json!([{"type": "Refused", "data": {"orderId": "1"}}]);
+        let (status, body) = append(&client, &server, "order-1", None, &refused).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{point}: {body}");
+        clear_failpoint(&client, &server, point).await;
+        healthy_again(&client, &server).await;
+        let (status, body) = append(
+            &client,
+            &server,
+            "order-1",
+            None,
+            &json!([{"type": "Noted", "data": {}}]),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{point}: {body}");
+        assert_eq!(
+            body["first_position"].as_u64(),
+            Some(head + 1),
+            "{point}: the refused group took no position"
+        );
+        head += 1;
+        let check = |events: Vec<crate::common::LoggedEvent>| {
+            assert_eq!(
+                events.len() as u64,
+                head,
+                "{point}: the refused append wrote nothing"
+            );
+            assert!(events.iter().all(|e| e.event_type != "Refused"), "{point}");
+            let in_order_1 = events.iter().filter(|e| e.stream == "order-1").count();
+            assert_eq!(
+                in_order_1,
+                2 + notes,
+                "{point}: order-1 holds its order and the notes"
+            );
+        };
+        server = check_across_a_crash(dir.path(), &client, server, check).await;
+    }
+}
+
 /// redb may report an error for a commit that reached the file. The writer reopens the file
 /// after it, and answers the group with its positions if the reopened file holds it (made
 /// durable first), or refuses it if not: either way the answer is what the log holds, also
