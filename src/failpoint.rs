@@ -6,9 +6,9 @@
 //! - `log-commit`: the log writer's commit (`return(enospc|eio)`, `panic`);
 //! - `log-commit-logged`: the log writer's redb commit of a group whose frame is already in the
 //!   write-ahead segment (`return(enospc|eio)`), so the frame must be retracted;
-//! - `log-commit-staged`: filling redb's transaction for a group whose frame was written first
-//!   (checked without reading the tables), before its commit (`return(enospc|eio)`): the frame
-//!   must be retracted;
+//! - `log-commit-staged`: filling redb's transaction for a group whose frame was written
+//!   first (checked without the write transaction), before its commit (`return(enospc|eio)`):
+//!   the frame must be retracted;
 //! - `log-sync`: the syncer's fdatasync of the write-ahead segment (`return(eio)`);
 //! - `log-reopen`: reopening the log after an I/O failure;
 //! - `view-commit`: a view's commit;

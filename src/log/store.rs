@@ -345,6 +345,18 @@ impl Store {
         self.wal_generation
     }
 
+    /// Whether any of `ids` is stored in the partition, as of the last commit.
+    pub fn any_id_stored(&self, partition: &Partition, ids: &[u128]) -> Result<bool, StorageError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(partition.tables.ids())?;
+        for &id in ids {
+            if table.get(id)?.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// The position of the partition's last event, 0 for an empty one.
     pub fn head(&self, partition: &Partition) -> Result<Position, StorageError> {
         let txn = self.db.begin_read()?;

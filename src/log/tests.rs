@@ -812,3 +812,87 @@ fn serial_submitted_and_overlapping_appends_share_one_gap_free_log() {
         }
     });
 }
+
+/// Requests with client-chosen ids queued together with their retries and with id conflicts,
+/// whichever path the writer checks them on (staged before the transaction when no id of the
+/// group is stored or repeated in it, the transaction first otherwise): each original is
+/// written once, each retry answered with its original's positions, each conflict refused.
+#[test]
+fn retries_queued_with_their_originals_are_recognised() {
+    let dir = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        let (log, _writer) = Log::open(dir.path()).unwrap();
+        // The streams exist, so the writer knows their lengths.
+        for s in 0..4 {
+            append_one(&log, &format!("pay-{s}"), 0).await;
+        }
+        let ids: Vec<Uuid> = (0..16).map(|_| Uuid::new_v4()).collect();
+        let submit = |n: usize, stream: String| {
+            log.submit(request(
+                &stream,
+                ExpectedRevision::Any,
+                vec![event(Some(ids[n]), n as u64)],
+            ))
+        };
+        // Originals alone, then originals with their retries and conflicts (the id in another
+        // stream) and retries of the first ones, all queued before any is awaited.
+        let mut queued = Vec::new();
+        for n in 0..8 {
+            queued.push((
+                n,
+                "original",
+                submit(n, format!("pay-{}", n % 4)).await.unwrap(),
+            ));
+        }
+        for n in 8..16 {
+            queued.push((
+                n,
+                "original",
+                submit(n, format!("pay-{}", n % 4)).await.unwrap(),
+            ));
+            queued.push((
+                n,
+                "retry",
+                submit(n, format!("pay-{}", n % 4)).await.unwrap(),
+            ));
+            queued.push((
+                n,
+                "conflict",
+                submit(n, format!("pay-{}", (n + 1) % 4)).await.unwrap(),
+            ));
+            let early = n - 8;
+            queued.push((
+                early,
+                "retry",
+                submit(early, format!("pay-{}", early % 4)).await.unwrap(),
+            ));
+        }
+        let mut originals = BTreeMap::new();
+        for (n, kind, answer) in queued {
+            let answer = answer.await;
+            match kind {
+                "original" => {
+                    let outcome = answer.unwrap();
+                    assert!(!outcome.deduplicated, "{n}");
+                    originals.insert(n, outcome.first_position);
+                }
+                "retry" => {
+                    let outcome = answer.unwrap();
+                    assert!(outcome.deduplicated, "{n}");
+                    assert_eq!(Some(&outcome.first_position), originals.get(&n), "{n}");
+                }
+                _ => assert!(
+                    matches!(answer, Err(AppendError::IdConflict { .. })),
+                    "{n}: {answer:?}"
+                ),
+            }
+        }
+        let all = read_all(&log, &Source::All, Direction::Forward);
+        assert_eq!(all.len(), 4 + ids.len());
+        let positions: Vec<u64> = all.iter().map(|e| e.position).collect();
+        assert_eq!(positions, (1..=all.len() as u64).collect::<Vec<_>>());
+        for (n, position) in originals {
+            assert_eq!(all[position as usize - 1].id, ids[n], "{n}");
+        }
+    });
+}

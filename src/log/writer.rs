@@ -4,8 +4,8 @@
 //! checks and writes each request in one redb transaction, writes the group's records to the
 //! write-ahead segment, commits the transaction without fsync, and hands the answers to the
 //! syncer (`sync`), which publishes the new heads and answers once an fdatasync covered the
-//! frame. A group that can be checked from memory (`Writer::stage_ahead`) writes its frame
-//! first and fills the transaction after, beside the fdatasync. The fdatasync runs beside the redb commit and the next groups' work, and one
+//! frame. A group that can be checked without the write transaction (`Writer::stage_ahead`)
+//! writes its frame first and fills the transaction after, beside the fdatasync. The fdatasync runs beside the redb commit and the next groups' work, and one
 //! covers every frame written before it began, so concurrent appenders share its cost without
 //! any timer. When the index tail is full, the next commit also flushes it (see `store`).
 
@@ -428,11 +428,12 @@ impl Writer {
         self.commit(store, txn, commit, group.is_empty(), answers, written)
     }
 
-    /// Checks and stages `group` without a transaction, when nothing needs reading for it:
-    /// every event's id generated here (so no request can be a retry to recognise) and every
-    /// stream's length known in memory. `None` otherwise, and for an empty group. A lone
-    /// append's frame is then written about 30-50 µs sooner (BENCHMARKS.md, stop 42): redb's
-    /// transaction, its tables and the inserts come after it, beside the fdatasync.
+    /// Checks and stages `group` without a write transaction, when that is enough to check it:
+    /// every stream's length known in memory, and no request a retry (none of its client-chosen
+    /// ids stored yet, which one read looks up, or repeated in the group). `None` otherwise, and
+    /// for an empty group: a retry or an id conflict is recognised on the transaction-first
+    /// path. A lone append's frame is then written about 30-50 µs sooner (BENCHMARKS.md, stop
+    /// 42): redb's transaction, its tables and the inserts come after it, beside the fdatasync.
     fn stage_ahead(
         &mut self,
         store: &Store,
@@ -441,15 +442,31 @@ impl Writer {
         if group.is_empty() {
             return Ok(None);
         }
+        let mut client_ids: HashMap<&Arc<str>, Vec<u128>> = HashMap::new();
         for job in group {
-            let client_ids = job.request.events.iter().any(|e| e.id.is_client());
             let stream = job.request.stream.as_str();
-            if client_ids
-                || self
-                    .state(store, &job.account)?
-                    .lengths
-                    .get(stream)
-                    .is_none()
+            if self
+                .state(store, &job.account)?
+                .lengths
+                .get(stream)
+                .is_none()
+            {
+                return Ok(None);
+            }
+            let events = job.request.events.iter();
+            let mut ids = events
+                .filter(|e| e.id.is_client())
+                .map(|e| e.id.uuid().as_u128());
+            if let Some(first) = ids.next() {
+                let all = client_ids.entry(&job.account).or_default();
+                all.push(first);
+                all.extend(ids);
+            }
+        }
+        for (account, ids) in &mut client_ids {
+            ids.sort_unstable();
+            if ids.windows(2).any(|pair| pair[0] == pair[1])
+                || store.any_id_stored(&*partition_of(store, account)?, ids)?
             {
                 return Ok(None);
             }
