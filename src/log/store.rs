@@ -966,6 +966,21 @@ impl<'txn> WriteTables<'txn> {
         })
     }
 
+    /// Opens the tables for a group's first request to the partition, with what the group
+    /// staged for it, and flushes the tail into the index tables when it is full. Returns how
+    /// many extents were flushed.
+    pub fn open_for_group(
+        txn: &'txn WriteTransaction,
+        partition: Arc<Partition>,
+        policy: FlushPolicy,
+        staged: Staged,
+    ) -> Result<(Self, usize), StorageError> {
+        let flush = partition.tail_is_full(policy);
+        let mut tables = Self::open(txn, partition, staged)?;
+        let flushed = if flush { tables.flush()? } else { 0 };
+        Ok((tables, flushed))
+    }
+
     /// Writes into the tables what was staged after `mark` (from the start: all of it).
     pub fn insert_from(&mut self, mark: StagedMark) -> Result<(), StorageError> {
         for (position, record) in self.staged.logged.iter_from(mark.logged) {

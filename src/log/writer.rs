@@ -126,6 +126,18 @@ struct Written {
     appended: Vec<Extent>,
 }
 
+impl Written {
+    fn new(account: Arc<str>, tables: WriteTables, head: Position, flushed: usize) -> Self {
+        Written {
+            account,
+            partition: tables.partition().clone(),
+            head,
+            flushed,
+            appended: tables.staged.appended,
+        }
+    }
+}
+
 /// A group checked and staged without a transaction ([`Writer::stage_ahead`]), by account:
 /// the partition, its head after the group and what the group appends to it.
 type StagedGroup = HashMap<Arc<str>, (Arc<Partition>, Position, Staged)>;
@@ -395,9 +407,12 @@ impl Writer {
                     Entry::Occupied(entry) => entry.into_mut(),
                     Entry::Vacant(entry) => {
                         let partition = partition_of(store, &job.account)?;
-                        let flush = partition.tail_is_full(store.policy());
-                        let mut tables = WriteTables::open(&txn, partition, Staged::default())?;
-                        let flushed = if flush { tables.flush()? } else { 0 };
+                        let (tables, flushed) = WriteTables::open_for_group(
+                            &txn,
+                            partition,
+                            store.policy(),
+                            Staged::default(),
+                        )?;
                         entry.insert((tables, state.head, flushed))
                     }
                 };
@@ -413,12 +428,8 @@ impl Writer {
             }
             let written: Vec<_> = open
                 .into_iter()
-                .map(|(account, (tables, head, flushed))| Written {
-                    account,
-                    partition: tables.partition().clone(),
-                    head,
-                    flushed,
-                    appended: tables.staged.appended,
+                .map(|(account, (tables, head, flushed))| {
+                    Written::new(account, tables, head, flushed)
                 })
                 .collect();
             (answers, written)
@@ -511,17 +522,10 @@ impl Writer {
             let txn = store.database().begin_write().map_err(StorageError::from)?;
             let mut written = Vec::with_capacity(staging.len());
             for (account, (partition, head, staged)) in staging {
-                let flush = partition.tail_is_full(store.policy());
-                let mut tables = WriteTables::open(&txn, partition, staged)?;
-                let flushed = if flush { tables.flush()? } else { 0 };
+                let (mut tables, flushed) =
+                    WriteTables::open_for_group(&txn, partition, store.policy(), staged)?;
                 tables.insert_from(StagedMark::default())?;
-                written.push(Written {
-                    account,
-                    partition: tables.partition().clone(),
-                    head,
-                    flushed,
-                    appended: tables.staged.appended,
-                });
+                written.push(Written::new(account, tables, head, flushed));
             }
             Ok::<_, StorageError>((txn, written))
         })();
