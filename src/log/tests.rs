@@ -896,3 +896,76 @@ fn retries_queued_with_their_originals_are_recognised() {
         }
     });
 }
+
+/// New streams, and streams whose lengths the writer dropped at a flush of the tail (read from
+/// the index tables), get the right revisions and expected-revision checks beside streams whose
+/// lengths it holds: groups of queued requests, some to one new stream twice, some with a wrong
+/// expected revision.
+#[test]
+fn new_streams_and_streams_past_a_flush_are_checked_against_their_lengths() {
+    let dir = tempfile::tempdir().unwrap();
+    // A flush every three extents: most streams' next append finds its length in the tables.
+    let policy = FlushPolicy {
+        extents: 3,
+        events: 1_000,
+    };
+    runtime().block_on(async {
+        let (log, _writer) = Log::open_with(dir.path(), policy).unwrap();
+        let mut model: BTreeMap<String, u64> = BTreeMap::new();
+        let mut fresh = 0;
+        for round in 0..40u64 {
+            // Two old streams (if any), a new one twice, and a wrong expectation.
+            // (stream, expected revision, whether it holds when the request's turn comes).
+            let mut plan: Vec<(String, ExpectedRevision, bool)> = Vec::new();
+            let old: Vec<String> = model.keys().cloned().collect();
+            let mut planned = model.clone();
+            for k in 0..2 {
+                if let Some(stream) = old.get((round as usize * 7 + k * 3) % old.len().max(1)) {
+                    let len = planned.get_mut(stream).unwrap();
+                    plan.push((stream.clone(), ExpectedRevision::Exact(*len - 1), true));
+                    *len += 1;
+                }
+            }
+            fresh += 1;
+            let new = format!("acct-{fresh}");
+            plan.push((new.clone(), ExpectedRevision::NoStream, true));
+            plan.push((new.clone(), ExpectedRevision::Exact(0), true));
+            if let Some(stream) = old.first() {
+                plan.push((stream.clone(), ExpectedRevision::NoStream, false));
+            }
+            let mut queued = Vec::new();
+            for (stream, expected, _) in &plan {
+                let answer = log
+                    .submit(request(stream, *expected, vec![event(None, round)]))
+                    .await
+                    .unwrap();
+                queued.push(answer);
+            }
+            for ((stream, expected, succeeds), answer) in plan.into_iter().zip(queued) {
+                let answer = answer.await;
+                let len = model.entry(stream.clone()).or_default();
+                if succeeds {
+                    let outcome = answer.unwrap_or_else(|e| panic!("{stream} {expected:?}: {e}"));
+                    assert_eq!(outcome.first_revision, *len, "{stream}");
+                    *len += 1;
+                } else {
+                    match answer {
+                        Err(AppendError::WrongExpectedRevision { current, .. }) => {
+                            assert_eq!(current, len.checked_sub(1), "{stream}")
+                        }
+                        other => panic!("{stream}: {other:?}"),
+                    }
+                }
+            }
+        }
+        // What the log holds agrees: each stream's revisions run 0, 1, 2, … and the indexes match.
+        let all = read_all(&log, &Source::All, Direction::Forward);
+        for (stream, len) in &model {
+            let name = StreamName::new(stream).unwrap();
+            let events = read_all(&log, &Source::Stream(name), Direction::Forward);
+            let revisions: Vec<u64> = events.iter().map(|e| e.revision).collect();
+            assert_eq!(revisions, (0..*len).collect::<Vec<_>>(), "{stream}");
+        }
+        assert_indexes_match_the_log(&log, &all);
+    });
+}
