@@ -5,9 +5,10 @@
 //! write-ahead segment, commits the transaction without fsync, and hands the answers to the
 //! syncer (`sync`), which publishes the new heads and answers once an fdatasync covered the
 //! frame. A group that can be checked without the write transaction (`Writer::stage_ahead`)
-//! writes its frame first and fills the transaction after, beside the fdatasync. The fdatasync runs beside the redb commit and the next groups' work, and one
-//! covers every frame written before it began, so concurrent appenders share its cost without
-//! any timer. When the index tail is full, the next commit also flushes it (see `store`).
+//! writes its frame first and fills the transaction after, beside the fdatasync. The fdatasync
+//! runs beside the redb commit and the next groups' work, and one covers every frame written
+//! before it began, so concurrent appenders share its cost without any timer. When the index
+//! tail is full, the next commit also flushes it (see `store`).
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
