@@ -26,7 +26,7 @@ use super::LogHealth;
 use super::error::{AppendError, StorageError};
 use super::files::LogFiles;
 use super::head::{Head, Heads};
-use super::store::{Lengths, Store, StreamLengths};
+use super::store::{Lengths, Partition, Store, StreamLengths};
 use super::sync::{self, Syncer};
 use super::types::{AppendOutcome, AppendRequest, Position};
 use super::wal::{self, Wal};
@@ -329,12 +329,7 @@ impl Writer {
         account: &Arc<str>,
     ) -> Result<&mut AccountState, StorageError> {
         if !self.accounts.contains_key(account) {
-            let partition = store
-                .existing_partition(account)
-                .ok_or(StorageError::Failed(format!(
-                    "the log has no partition for account {account}"
-                )))?;
-            let head = store.head(&partition)?;
+            let head = store.head(&*partition_of(store, account)?)?;
             let state = AccountState {
                 head,
                 lengths: self.opened.remove(&**account).unwrap_or_default(),
@@ -344,6 +339,14 @@ impl Writer {
         }
         Ok(self.accounts.get_mut(account).expect("inserted above"))
     }
+}
+
+/// The partition `account` appends to; every account's exists before its first append. (The
+/// error's text is made only when it is missing: this runs for every group.)
+fn partition_of(store: &Store, account: &str) -> Result<Arc<Partition>, StorageError> {
+    store.existing_partition(account).ok_or_else(|| {
+        StorageError::Failed(format!("the log has no partition for account {account}"))
+    })
 }
 
 /// What each request of a refused group is told: a full disk and an unavailable log as

@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use redb::{Durability, WriteTransaction};
 
-use super::{Answers, Job, LARGE_GROUP, Refused, Unsettled, Writer};
+use super::{Answers, Job, LARGE_GROUP, Refused, Unsettled, Writer, partition_of};
 use crate::log::error::{AppendError, StorageError};
 use crate::log::store::{self, Extent, Partition, Staged, StagedMark, Store, WriteTables};
 use crate::log::types::Position;
@@ -307,15 +307,6 @@ impl Writer {
         }
         Ok(answers)
     }
-}
-
-/// The partition `account` appends to; every account's exists before its first append.
-fn partition_of(store: &Store, account: &str) -> Result<Arc<Partition>, StorageError> {
-    store
-        .existing_partition(account)
-        .ok_or(StorageError::Failed(format!(
-            "the log has no partition for account {account}"
-        )))
 }
 
 fn now_micros() -> u64 {
