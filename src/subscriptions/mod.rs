@@ -411,21 +411,34 @@ impl Subscription {
         written
     }
 
-    /// Up to `max` events for `consumer`, waiting up to `wait` for the first.
+    /// Up to `max` events for `consumer`, waiting up to `wait` for the first. Events appended
+    /// before the poll began are among them when they are the consumer's to take: the
+    /// subscription reads the log in its own task, a moment behind the appends' answers, so
+    /// the poll first waits (within `wait`) for that reading to reach the head as the poll
+    /// began, or to pause because enough is read ahead.
     pub async fn poll(&self, consumer: &ConsumerId, max: usize, wait: Duration) -> Vec<Delivery> {
         let mut wake = self.wake.subscribe();
         let mut stop = self.stop.subscribe();
+        let head = *self.log.head().borrow();
         self.core.lock().enter(consumer, Instant::now());
         let deadline = tokio::time::Instant::now() + wait;
         let taken = loop {
-            let taken = self.core.lock().take(consumer, max, Instant::now());
-            if !taken.is_empty() {
-                break taken;
+            {
+                let mut core = self.core.lock();
+                if core.cursor() >= head || !core.wants_events() {
+                    let taken = core.take(consumer, max, Instant::now());
+                    if !taken.is_empty() {
+                        break taken;
+                    }
+                }
             }
             tokio::select! {
-                changed = wake.changed() => if changed.is_err() { break taken },
-                _ = tokio::time::sleep_until(deadline) => break taken,
-                _ = stop.wait_for(|s| *s) => break taken,
+                changed = wake.changed() => if changed.is_err() { break Vec::new() },
+                // Out of time: whatever is read by now.
+                _ = tokio::time::sleep_until(deadline) => {
+                    break self.core.lock().take(consumer, max, Instant::now())
+                }
+                _ = stop.wait_for(|s| *s) => break Vec::new(),
             }
         };
         self.core.lock().leave(consumer, Instant::now());

@@ -350,6 +350,32 @@ async fn pinned_keeps_each_stream_with_one_consumer_and_polls_wake_on_appends() 
     assert_eq!(status(&c, &s, "pin").await["consumers"], 2);
 }
 
+/// A poll hands over every event appended before it began (up to `max`), although the
+/// subscription reads the log in its own task, behind the appends' answers.
+#[tokio::test]
+async fn a_poll_holds_every_event_appended_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    let c = client();
+    let settings = json!({"source": "$all", "max_in_flight": 1000});
+    assert_eq!(put(&c, &s, "all", settings).await.0, StatusCode::CREATED);
+    for round in 0..5u64 {
+        // Many appends answered at about the same time, each its own head move.
+        let appends = (0..40).map(|i| {
+            let (c, s) = (&c, &s);
+            async move { append_n(c, s, &format!("r{round}-{i}"), 1).await }
+        });
+        futures_util::future::join_all(appends).await;
+        let got = poll(&c, &s, "all", "max=1000&wait_ms=5000").await;
+        let expected: Vec<u64> = (round * 40 + 1..=round * 40 + 40).collect();
+        let mut got = positions(&got);
+        got.sort_unstable();
+        assert_eq!(got, expected, "round {round}");
+        let (code, body) = post(&c, &s, "/subscriptions/all/ack", json!({"positions": got})).await;
+        assert_eq!(code, StatusCode::NO_CONTENT, "{body}");
+    }
+}
+
 #[tokio::test]
 async fn sse_consumers_are_held_to_max_in_flight() {
     let dir = tempfile::tempdir().unwrap();
